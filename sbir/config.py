@@ -1,0 +1,411 @@
+"""One typed, validated configuration for every sbir command.
+
+The config is a tree of pydantic models (model, data, train, eval, serve). It loads from YAML,
+accepts dotted ``key=value`` overrides from the command line, and rejects unknown keys and bad
+values with errors that name the key and the allowed values. Method presets (``official`` /
+``paper``) and size presets (``base`` / ``tiny``) fill in every switch the user did not set, so
+any single switch can still be overridden on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key(s) named in the message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- ZSE-SBIR
+
+ZSE_PRESETS: dict[str, dict[str, Any]] = {
+    # The released code's behaviour (method-zse-sbir.md §9.1): loads best_checkpoint.pth strictly.
+    "official": {
+        "tokenizer_scope": "both",
+        "ca_wiring": "q_own_k_other_v_own",
+        "downsample": "reshape_scramble",
+        "relation_head": "mlp",
+        "keep_dead_ca_copy": True,
+    },
+    # The paper's description.
+    "paper": {
+        "tokenizer_scope": "sketch_only",
+        "ca_wiring": "q_other_kv_own",
+        "downsample": "spatial_2x2",
+        "relation_head": "mlp",
+        "keep_dead_ca_copy": False,
+    },
+}
+
+ZSE_SIZES: dict[str, dict[str, Any]] = {
+    # The paper's ViT-B/16 at 224 px.
+    "base": {
+        "image_size": 224,
+        "patch_size": 16,
+        "depth": 12,
+        "width": 768,
+        "heads": 12,
+        "mlp_ratio": 4.0,
+        "tokenizer_channels": [64, 128, 256],
+        "ca_layers": 1,
+        "ca_heads": 8,
+        "ca_d_ff": 1024,
+        "relation_dim": 512,
+    },
+    # Trains on a laptop CPU: 64 px, 8 px patches (8x8 grid, 16 relation tokens).
+    "tiny": {
+        "image_size": 64,
+        "patch_size": 8,
+        "depth": 4,
+        "width": 64,
+        "heads": 4,
+        "mlp_ratio": 2.0,
+        "tokenizer_channels": [16, 32],
+        "ca_layers": 1,
+        "ca_heads": 4,
+        "ca_d_ff": 128,
+        "relation_dim": 32,
+    },
+}
+
+
+class ZSEConfig(_Strict):
+    """ZSE-SBIR architecture: size, preset switches and relation head."""
+
+    preset: Literal["official", "paper"] = "official"
+    size: Literal["base", "tiny", "custom"] = "base"
+    # Sizes (filled from `size` when not given).
+    image_size: int = Field(224, ge=16)
+    patch_size: int = Field(16, ge=2)
+    depth: int = Field(12, ge=1)
+    width: int = Field(768, ge=8)
+    heads: int = Field(12, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    tokenizer_channels: list[int] = Field(default_factory=lambda: [64, 128, 256])
+    ca_layers: int = Field(1, ge=1)
+    ca_heads: int = Field(8, ge=1)
+    ca_d_ff: int = Field(1024, ge=1)
+    relation_dim: int = Field(512, ge=1)
+    anchors: int | None = Field(None, description="relation tokens; derived when null, checked when given")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # Preset switches (filled from `preset` when not given).
+    tokenizer_scope: Literal["both", "sketch_only", "none"] = "both"
+    ca_wiring: Literal["q_own_k_other_v_own", "q_other_kv_own"] = "q_own_k_other_v_own"
+    downsample: Literal["reshape_scramble", "spatial_2x2", "linear"] = "reshape_scramble"
+    relation_head: Literal["mlp", "kernel"] = "mlp"
+    evit_keep: list[float] | None = Field(None, description="per-layer keep rates; null = keep all")
+    keep_dead_ca_copy: bool = True
+    # Weights: the released ZSE-SBIR checkpoint, or ImageNet ViT backbone weights (explicit key map).
+    official_checkpoint: str | None = Field(None, description="path to the released best_checkpoint.pth")
+    backbone_weights: str | None = Field(None, description="ViT weights file (.safetensors/.pth/.bin)")
+    backbone_key_map: Literal["timm", "sbir"] = "timm"
+    # Kernel relation head (project extension, §9.2).
+    kernel_count: int = Field(11, ge=2)
+    kernel_sigma: float = Field(0.1, gt=0)
+    kernel_scale: float = Field(0.01, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_presets(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        preset = data.get("preset", "official")
+        if preset in ZSE_PRESETS:
+            for key, value in ZSE_PRESETS[preset].items():
+                data.setdefault(key, value)
+        size = data.get("size", "base")
+        if size in ZSE_SIZES:
+            for key, value in ZSE_SIZES[size].items():
+                data.setdefault(key, value)
+        return data
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> ZSEConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads or self.width % self.ca_heads:
+            raise ValueError(f"width {self.width} must be divisible by heads and ca_heads")
+        if self.tokenizer_scope != "none":
+            stages = math.log2(self.patch_size)
+            if not stages.is_integer():
+                raise ValueError(f"the learnable tokenizer needs a power-of-two patch_size, got {self.patch_size}")
+            if len(self.tokenizer_channels) != int(stages) - 1:
+                raise ValueError(
+                    f"tokenizer_channels needs {int(stages) - 1} entries for patch_size {self.patch_size} "
+                    f"(one per stride-2 conv before the last), got {self.tokenizer_channels}"
+                )
+        if self.evit_keep is not None:
+            if len(self.evit_keep) != self.depth:
+                raise ValueError(f"evit_keep needs one keep rate per layer ({self.depth}), got {len(self.evit_keep)}")
+            if any(not 0 < r <= 1 for r in self.evit_keep):
+                raise ValueError("evit_keep rates must lie in (0, 1]")
+            if any(r < 1 for r in self.evit_keep) and self.downsample != "linear":
+                raise ValueError("token dropping (evit_keep < 1) requires downsample=linear")
+        if self.downsample != "linear" and self.grid % 2:
+            raise ValueError(f"downsample={self.downsample} needs an even token grid, got {self.grid}")
+        if self.anchors is not None and self.anchors != self.derived_anchors:
+            raise ValueError(f"anchors={self.anchors} does not match the geometry, which gives {self.derived_anchors}")
+        return self
+
+    @property
+    def grid(self) -> int:
+        """Patch tokens per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def derived_anchors(self) -> int:
+        """Relation tokens per image: (grid/2)^2 after 2x2 downsampling, all patches under `linear`."""
+        return self.num_patches if self.downsample == "linear" else (self.grid // 2) ** 2
+
+    @property
+    def ret_dim(self) -> int:
+        return self.width
+
+    @property
+    def evit_active(self) -> bool:
+        return self.evit_keep is not None and any(r < 1 for r in self.evit_keep)
+
+
+# --------------------------------------------------------------------------- CLIP-AT
+
+CLIP_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"margin": 0.3, "cls_weight": 0.5, "freeze": "ln_only", "normalization": "model"},
+    "official": {
+        "margin": 0.2,
+        "cls_weight": 0.0,
+        "freeze": "official_freeze",
+        "normalization": "imagenet",
+        "ln_sharing": "shared",
+    },
+}
+
+
+class ClipATConfig(_Strict):
+    """CLIP-AT: open_clip backbone, visual prompts, tuning mode and loss weights."""
+
+    preset: Literal["paper", "official"] = "paper"
+    granularity: Literal["category", "fine_grained"] = "category"
+    backbone: str = "ViT-B-32-quickgelu"
+    pretrained: str | None = Field("openai", description="open_clip tag, local checkpoint path, or null")
+    prompt_len: int = Field(3, ge=1)
+    prompt_depth: Literal["shallow", "deep"] = "shallow"
+    prompt_sharing: Literal["per_modality", "shared"] | None = None
+    prompt_init_std: float = Field(1.0, gt=0)
+    freeze: Literal["ln_only", "official_freeze"] = "ln_only"
+    ln_sharing: Literal["per_modality", "shared"] | None = None
+    normalization: Literal["model", "imagenet"] = "model"
+    pad_fill: int = Field(0, ge=0, le=255)
+    margin: float = Field(0.3, ge=0)
+    cls_weight: float = Field(0.5, ge=0)
+    cls_template: str = "a photo of a {}"
+    cls_temperature: float | None = Field(None, gt=0, description="null = the model's own logit scale")
+    delta_weight: float = Field(0.1, ge=0)
+    delta_temperature: float = Field(1.0, gt=0)
+    delta_sort: bool = False
+    ps_weight: float = Field(1.0, ge=0)
+    ps_grid: int = Field(2, ge=2)
+    ps_margin: float | None = Field(None, ge=0, description="null = margin")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_presets(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, value in CLIP_PRESETS.get(data.get("preset", "paper"), {}).items():
+            data.setdefault(key, value)
+        return data
+
+    @model_validator(mode="after")
+    def _resolve_sharing(self) -> ClipATConfig:
+        default = "shared" if self.granularity == "fine_grained" else "per_modality"
+        if self.prompt_sharing is None:
+            object.__setattr__(self, "prompt_sharing", default)
+        if self.ln_sharing is None:
+            object.__setattr__(self, "ln_sharing", default)
+        return self
+
+
+class ModelConfig(_Strict):
+    method: Literal["zse", "clip_at"] = "zse"
+    zse: ZSEConfig = Field(default_factory=ZSEConfig)
+    clip_at: ClipATConfig = Field(default_factory=ClipATConfig)
+
+
+# --------------------------------------------------------------------------- data/train/eval/serve
+
+
+class DataConfig(_Strict):
+    """Where the data lives and how it is split (readers and sharding build on this)."""
+
+    root: str = "data/synthetic"
+    layout: Literal["sketchy", "tuberlin", "quickdraw", "generic", "synthetic"] = "synthetic"
+    split: str = "zeroshot1"
+    prepared: str | None = Field(None, description="prepared Parquet dataset (local path or s3://)")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    val_seed: int = 0
+    sketch_ink_threshold: int = Field(300, ge=0, le=765)
+    sketch_ink_margin: int = Field(10, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Training loop and resources (Ray Train reads worker counts and backend from here)."""
+
+    num_workers: int = Field(1, ge=0)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    precision: Literal["fp32", "amp_fp16", "amp_bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(666, ge=1)
+    batch_size: int = Field(15, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    lr_backbone: float | None = Field(None, gt=0, description="CLIP-AT LayerNorm lr; null = lr")
+    weight_decay: float = Field(1e-2, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = 2021
+    triplet_margin: float = Field(1.0, ge=0)
+    triplet_weight: float = Field(2.0, ge=0)
+    relation_weight: float = Field(4.0, ge=0)
+    triplet_feature: Literal["post_ca", "pre_ca", "both"] = "post_ca"
+    model_selection: Literal["seen_val", "unseen_test"] = "seen_val"
+
+
+class EvalConfig(_Strict):
+    """Evaluation: retrieval modes, re-ranking depth, tie-breaking and score precision."""
+
+    modes: list[Literal["ret", "rn", "rn_rerank"]] = Field(default_factory=lambda: ["ret"])
+    rerank_k: int = Field(200, ge=1)
+    tie_break: Literal["random", "stable_index", "optimistic", "pessimistic"] = "random"
+    tie_seed: int = 0
+    eval_precision: Literal["fp32", "fp16"] = "fp32"
+    batch_size: int = Field(64, ge=1)
+    query_chunk: int = Field(256, ge=1, description="queries per chunk when computing metrics")
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1)
+    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    top_k: int = Field(20, ge=1)
+
+
+class Config(_Strict):
+    """The root configuration."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view (for MLflow params and display)."""
+        return flatten(self.to_dict())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+    return key.split("."), value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc or '<root>'}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
+    """Validate a config tree with dotted overrides applied on top."""
+    tree: dict[str, Any] = dict(data or {})
+    for item in overrides or []:
+        path, value = parse_override(item)
+        _set_path(tree, path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a config from a YAML file or a built-in preset name, then apply overrides."""
+    data: dict[str, Any] = {}
+    if source is not None:
+        path = Path(source)
+        if not path.exists():
+            from sbir.presets import preset_path  # local import: presets depend on this module
+
+            path = preset_path(str(source))
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    return build_config(data, overrides)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
