@@ -1,0 +1,1 @@
+"""Data formats and preprocessing (pure Python/PyTorch; Ray Data pipelines live in `pipelines/`)."""

@@ -1,0 +1,72 @@
+"""Image preprocessing for both methods, applied at load time so one prepared dataset serves both.
+
+ZSE-SBIR (method-zse-sbir.md §3): photos are resized to a square (bicubic); sketches are cropped to
+their ink bounding box (R+G+B <= threshold, with a margin), resized on the long side (bilinear) and
+padded to a square with white. An ink-free sketch falls back to the full image. Both normalise with
+mean 0.5 / std 0.5. CLIP-AT (method-clip-at.md §7.4): aspect-preserving resize, pad with `pad_fill`,
+then the model's mean/std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+HALF = (0.5, 0.5, 0.5)
+
+
+def to_tensor(image: Image.Image, mean: Sequence[float] = HALF, std: Sequence[float] = HALF) -> torch.Tensor:
+    """RGB PIL image -> normalised 3 x H x W float tensor."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def ink_bbox(image: Image.Image, threshold: int = 300, margin: int = 10) -> tuple[int, int, int, int] | None:
+    """Bounding box (left, top, right, bottom) of pixels with R+G+B <= threshold, grown by `margin`."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
+    ink = rgb.sum(axis=2) <= threshold
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = ink.shape
+    return (
+        max(0, int(cols[0]) - margin),
+        max(0, int(rows[0]) - margin),
+        min(w, int(cols[-1]) + 1 + margin),
+        min(h, int(rows[-1]) + 1 + margin),
+    )
+
+
+def pad_to_square(image: Image.Image, size: int, fill: tuple[int, int, int], resample: int) -> Image.Image:
+    """Resize the long side to `size` and pad the short side (floor(delta/2) before, the rest after)."""
+    w, h = image.size
+    scale = size / max(w, h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = image.resize((new_w, new_h), resample)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return canvas
+
+
+def zse_photo(image: Image.Image, size: int) -> torch.Tensor:
+    return to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+
+
+def zse_sketch(image: Image.Image, size: int, threshold: int = 300, margin: int = 10) -> torch.Tensor:
+    image = image.convert("RGB")
+    box = ink_bbox(image, threshold, margin)
+    if box is not None:
+        image = image.crop(box)
+    return to_tensor(pad_to_square(image, size, (255, 255, 255), Image.Resampling.BILINEAR))
+
+
+def clip_image(
+    image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], pad_fill: int = 0
+) -> torch.Tensor:
+    """CLIP-AT preprocessing for either modality."""
+    fill = (pad_fill, pad_fill, pad_fill)
+    return to_tensor(pad_to_square(image.convert("RGB"), size, fill, Image.Resampling.BICUBIC), mean, std)
