@@ -1,0 +1,1 @@
+"""Ray Tune sweeps (prompt lengths, kernel widths, presets); arrives with the sweeps issue."""
