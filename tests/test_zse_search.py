@@ -80,3 +80,13 @@ def test_fp16_scores_are_rounded_to_half_precision(gallery_and_queries):
     fp32 = gallery.score_matrix(queries, "rn")
     fp16 = gallery.score_matrix(queries, "rn", precision="fp16")
     assert torch.equal(fp16, fp32.half().float())
+
+
+def test_ids_from_a_foreign_index_are_rejected(gallery_and_queries):
+    from sbir.retrieval.index import EmbeddingIndex
+
+    gallery, queries = gallery_and_queries
+    index = EmbeddingIndex(gallery.embeddings.shape[1])
+    index.add(gallery.embeddings.numpy(), gallery.ids + 1000)
+    with pytest.raises(KeyError, match="not in the gallery"):
+        gallery.search(queries, k=3, mode="ret", index=index)

@@ -91,7 +91,7 @@ def attention_correspondence(
 
 def post_ca_patch_tokens(model: ZSESBIR, sketch: ZSEEncoding, photo: ZSEEncoding) -> tuple[torch.Tensor, torch.Tensor]:
     """Post-CA patch tokens (B x N x D each) of the sketch and photo branches, as ``relate`` computes them."""
-    s, p, _, _ = model.ca.encoder(sketch.tokens, photo.tokens, _with_ret(sketch.mask), _with_ret(photo.mask))
+    s, p, _, _ = model.cross_attend(sketch, photo)
     return s[:, 1:], p[:, 1:]
 
 
@@ -182,10 +182,3 @@ def render_correspondences(
         px, py = cell_centre(j, grid, patch_size)
         segments.append(((sx * scale, sy * scale), (px * scale + offset, py * scale)))
     return draw_segments(canvas, segments, hsv_colours(len(pairs)), width=max(1, scale), radius=1 + scale)
-
-
-def _with_ret(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """B x N patch keep mask -> B x (1+N) with the always-kept [Ret] slot (as ``ZSESBIR.relate`` does)."""
-    if mask is None:
-        return None
-    return torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)

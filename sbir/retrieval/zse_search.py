@@ -126,14 +126,16 @@ class ZSEGallery:
         return self._pack(cand[:, :k], merged_scores[:, :k])
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
-        lookup = {int(i): row for row, i in enumerate(self.ids)}
-        rows = np.full(ids.shape, -1, dtype=np.int64)
-        for pos, value in np.ndenumerate(ids):
-            if value >= 0:
-                if int(value) not in lookup:
-                    raise KeyError(f"index returned id {int(value)} that is not in the gallery")
-                rows[pos] = lookup[int(value)]
-        return rows
+        """Gallery rows of index ids (-1 stays -1); an id outside the gallery is an error."""
+        order = np.argsort(self.ids)
+        sorted_ids = self.ids[order]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        found = sorted_ids[pos] == ids
+        if np.any(~found & (ids >= 0)):
+            raise KeyError(
+                f"index returned ids not in the gallery: {np.unique(ids[~found & (ids >= 0)])[:10].tolist()}"
+            )
+        return np.where(ids >= 0, order[pos], -1)
 
     def _top(self, scores: torch.Tensor, k: int) -> SearchResult:
         idx = stable_topk(scores, min(k, scores.shape[1]))

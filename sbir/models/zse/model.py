@@ -111,13 +111,20 @@ class ZSESBIR(nn.Module):
         )
 
     # ----------------------------------------------------------------- relation
+    def cross_attend(
+        self, sketch: ZSEEncoding, photo: ZSEEncoding
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Cross-attention for aligned pairs: post-CA sketch and photo sequences and per-layer attention.
+
+        EViT-dropped tokens are masked as keys; the [Ret] slot is always kept.
+        """
+        return self.ca.encoder(sketch.tokens, photo.tokens, _with_ret(sketch.mask), _with_ret(photo.mask))
+
     def relate(self, sketch: ZSEEncoding, photo: ZSEEncoding) -> RelationOutput:
         """Cross-attention + relation head for aligned pairs (sketch row i with photo row i)."""
         if len(sketch) != len(photo):
             raise ValueError(f"relate needs aligned pairs, got {len(sketch)} sketches and {len(photo)} photos")
-        sk_mask = _with_ret(sketch.mask)
-        ph_mask = _with_ret(photo.mask)
-        s, p, s_attn, p_attn = self.ca.encoder(sketch.tokens, photo.tokens, sk_mask, ph_mask)
+        s, p, s_attn, p_attn = self.cross_attend(sketch, photo)
         s_rel = self.conv2d(s[:, 1:])
         p_rel = self.conv2d(p[:, 1:])
         # Under `linear` downsampling relation tokens keep patch positions, so the EViT masks apply.
