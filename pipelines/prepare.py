@@ -1,0 +1,210 @@
+"""`sbir data prepare`: any dataset layout -> Parquet shards + a manifest, with Ray Data.
+
+Rows hold the encoded image bytes (no resizing: method-specific preprocessing happens at load time,
+so one prepared dataset serves both models) and the metadata of :class:`sbir.data.records.ImageRecord`.
+The manifest is written last and names the data folder it describes, so a half-written run never
+looks complete; re-running on the same inputs finds the manifest and does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+from PIL import Image, UnidentifiedImageError
+from ray.data.expressions import col
+
+from pipelines import storage
+from sbir.data.records import DatasetSplit
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+BadFilePolicy = Literal["fail", "skip"]
+
+
+class BadFilesError(RuntimeError):
+    """Some source images are missing or unreadable and the policy is `fail`."""
+
+    def __init__(self, bad: list[dict[str, str]]) -> None:
+        shown = "; ".join(f"{b['path']}: {b['reason']}" for b in bad[:10])
+        more = f" (+{len(bad) - 10} more)" if len(bad) > 10 else ""
+        super().__init__(f"{len(bad)} bad file(s): {shown}{more}. Fix them or re-run with --on-bad-file skip")
+        self.bad = bad
+
+
+def fingerprint(split: DatasetSplit) -> str:
+    """Digest of everything that defines a prepared dataset: records, roles, class ids, format, and each
+    source file's size and modification time (so fixing or replacing a file makes a re-run redo the work)."""
+    h = hashlib.sha256(f"{FORMAT_VERSION}|{split.layout}|{split.root}|{split.split}".encode())
+    h.update("|".join(split.class_names).encode())
+    h.update(f"|{len(split.train_classes)}|{len(split.val_classes)}".encode())
+    fs, base = storage.resolve(split.root)
+    infos = fs.get_file_info([storage.join(base, r.path) for r in split.records])
+    for r, info in zip(split.records, infos, strict=True):
+        stamp = f"{info.size}|{info.mtime_ns}" if info.type == pafs.FileType.File else "absent"
+        h.update(f"\n{r.path}|{r.class_name}|{r.modality}|{r.role}|{r.pair_id}|{stamp}".encode())
+    return h.hexdigest()
+
+
+class LoadImages:
+    """Ray Data UDF: read each file's bytes, check it decodes, and record a checksum or the reason it failed."""
+
+    def __init__(self, root: str) -> None:
+        self.fs, self.base = storage.resolve(root)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        images, digests, reasons = [], [], []
+        for rel in batch["path"]:
+            data, reason = b"", ""
+            try:
+                with self.fs.open_input_stream(storage.join(self.base, str(rel))) as stream:
+                    data = stream.read()
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+            except FileNotFoundError:
+                reason = "missing"
+            except UnidentifiedImageError:
+                reason = "unreadable: not a recognised image format"
+            except Exception as exc:
+                reason = f"unreadable: {type(exc).__name__}: {exc}"
+            images.append(b"" if reason else data)
+            digests.append("" if reason else hashlib.sha256(data).hexdigest())
+            reasons.append(reason)
+        batch = dict(batch)
+        batch["image"] = np.array(images, dtype=object)
+        batch["sha256"] = np.array(digests, dtype=object)
+        batch["bad_reason"] = np.array(reasons, dtype=object)
+        return batch
+
+
+def _rows(split: DatasetSplit) -> list[dict[str, Any]]:
+    ids = {name: i for i, name in enumerate(split.class_names)}
+    return [{**asdict(r), "pair_id": r.pair_id or "", "class_id": ids[r.class_name]} for r in split.records]
+
+
+def prepare_dataset(
+    split: DatasetSplit,
+    out: str,
+    *,
+    on_bad_file: BadFilePolicy = "fail",
+    rows_per_file: int = 2000,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Write `split` as Parquet shards under `out` (local path or s3://) and return the manifest."""
+    if on_bad_file not in ("fail", "skip"):
+        raise ValueError(f"on_bad_file must be 'fail' or 'skip', got {on_bad_file!r}")
+    if not split.records:
+        raise ValueError(f"split {split.split!r} of {split.root} has no records to prepare")
+    fs, base = storage.resolve(out)
+    manifest_path = storage.join(base, MANIFEST)
+    digest = fingerprint(split) + f"-{on_bad_file}"
+    if storage.exists(fs, manifest_path):
+        existing = storage.read_json(fs, manifest_path)
+        if existing.get("fingerprint") == digest and storage.exists(fs, storage.join(base, existing["data_dir"])):
+            logger.info("%s is already prepared from the same inputs; nothing to do", out)
+            return existing
+
+    started = time.perf_counter()
+    ds = ray.data.from_items(_rows(split), override_num_blocks=max(1, min(64, len(split.records) // 256)))
+    ds = ds.map_batches(LoadImages, fn_constructor_args=(split.root,), batch_size=64, concurrency=(1, 2), num_cpus=0.5)
+    ds = ds.materialize()
+    bad = [
+        {"path": row["path"], "reason": row["bad_reason"]}
+        for row in ds.filter(expr=col("bad_reason") != "").select_columns(["path", "bad_reason"]).take_all()
+    ]
+    if bad and on_bad_file == "fail":
+        raise BadFilesError(sorted(bad, key=lambda b: b["path"]))
+    good = ds.filter(expr=col("bad_reason") == "").drop_columns(["bad_reason"])
+    data_dir = f"data-{digest[:12]}-{uuid.uuid4().hex[:8]}"
+    good.write_parquet(storage.join(base, data_dir), filesystem=fs, max_rows_per_file=rows_per_file)
+    checks = sorted((r["path"], r["sha256"]) for r in good.select_columns(["path", "sha256"]).take_all())
+    elapsed = time.perf_counter() - started
+
+    bad_paths = {b["path"] for b in bad}
+    kept = [r for r in split.records if r.path not in bad_paths]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": digest,
+        "data_dir": data_dir,
+        "source": source or f"{split.layout}:{split.root}",
+        "layout": split.layout,
+        "split": split.split,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "classes": {"train": split.train_classes, "val": split.val_classes, "test": split.test_classes},
+        "counts": _counts(kept),
+        "num_rows": len(kept),
+        "content_sha256": hashlib.sha256("\n".join(f"{p} {s}" for p, s in checks).encode()).hexdigest(),
+        "bad_files": sorted(bad, key=lambda b: b["path"]),
+        "on_bad_file": on_bad_file,
+        "images_per_second": round(len(split.records) / elapsed, 1) if elapsed > 0 else None,
+    }
+    old = storage.read_json(fs, manifest_path).get("data_dir") if storage.exists(fs, manifest_path) else None
+    storage.write_json(fs, manifest_path, manifest)
+    if old and old != data_dir:
+        storage.delete_dir(fs, storage.join(base, old))
+    logger.info(
+        "prepared %d images (%d bad) into %s at %.0f img/s",
+        len(kept),
+        len(bad),
+        out,
+        manifest["images_per_second"] or 0,
+    )
+    return manifest
+
+
+def _counts(records: list) -> dict[str, Any]:
+    by_role_modality = Counter((r.role, r.modality) for r in records)
+    by_class = Counter((r.role, r.modality, r.class_name) for r in records)
+    counts: dict[str, Any] = {}
+    for (role, modality), n in sorted(by_role_modality.items()):
+        counts.setdefault(role, {})[modality] = {"total": n, "per_class": {}}
+    for (role, modality, name), n in sorted(by_class.items()):
+        counts[role][modality]["per_class"][name] = n
+    return counts
+
+
+def read_manifest(prepared: str) -> dict[str, Any]:
+    """Manifest of a prepared dataset, or an error saying it is missing or incomplete."""
+    fs, base = storage.resolve(prepared)
+    path = storage.join(base, MANIFEST)
+    if not storage.exists(fs, path):
+        raise FileNotFoundError(f"{prepared} is not a prepared dataset (no {MANIFEST}); run `sbir data prepare`")
+    manifest = storage.read_json(fs, path)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{prepared}: manifest format {manifest.get('format_version')}, expected {FORMAT_VERSION}")
+    return manifest
+
+
+def read_prepared(prepared: str, columns: list[str] | None = None) -> ray.data.Dataset:
+    """The prepared rows as a Ray Dataset (local path or s3://)."""
+    manifest = read_manifest(prepared)
+    fs, base = storage.resolve(prepared)
+    return ray.data.read_parquet(storage.join(base, manifest["data_dir"]), filesystem=fs, columns=columns)
+
+
+def schema() -> pa.Schema:
+    """Columns of a prepared dataset (documentation and tests)."""
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("class_name", pa.string()),
+            ("modality", pa.string()),
+            ("role", pa.string()),
+            ("pair_id", pa.string()),
+            ("class_id", pa.int64()),
+            ("image", pa.binary()),
+            ("sha256", pa.string()),
+        ]
+    )
