@@ -100,11 +100,10 @@ def test_rerun_is_idempotent_and_notices_changed_files(ray_cluster, toy_split, t
 
 
 def test_prepare_to_s3_and_read_back(ray_cluster, s3_server, toy_split):
+    import boto3
     import pyarrow.fs as pafs
 
     from pipelines.storage import resolve
-
-    import boto3
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="sbir-test")
     fs, _ = resolve("s3://sbir-test/x")
