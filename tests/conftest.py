@@ -104,3 +104,22 @@ def ray_cluster(s3_server):
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def toy_split(tmp_path):
+    """8 toy classes on disk: 5 train, 1 val, 2 test; one sketch + one photo per instance."""
+    from sbir.data.records import DatasetSplit, ImageRecord
+    from sbir.data.toy_shapes import TOY_CLASSES, make_toy_set
+
+    root = tmp_path / "toy"
+    records = []
+    for i, pair in enumerate(make_toy_set(list(range(8)), 3, seed=4)):
+        name = TOY_CLASSES[pair.label]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        pair.sketch.save(root / name / f"{i}-1.png")
+        pair.photo.save(root / name / f"{i}.jpg")
+        role = "test" if pair.label >= 6 else "val" if pair.label == 5 else "train"
+        records.append(ImageRecord(f"{name}/{i}-1.png", name, "sketch", role, str(i)))
+        records.append(ImageRecord(f"{name}/{i}.jpg", name, "photo", role, str(i)))
+    return DatasetSplit(str(root), "generic", "toy", TOY_CLASSES[:5], TOY_CLASSES[5:6], TOY_CLASSES[6:], records)

@@ -9,7 +9,10 @@ then the model's mean/std.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -70,3 +73,28 @@ def clip_image(
     """CLIP-AT preprocessing for either modality."""
     fill = (pad_fill, pad_fill, pad_fill)
     return to_tensor(pad_to_square(image.convert("RGB"), size, fill, Image.Resampling.BICUBIC), mean, std)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Method-specific load-time preprocessing of one image, picklable for Ray Data workers."""
+
+    kind: Literal["zse", "clip"]
+    size: int
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
+    pad_fill: int = 0
+    ink_threshold: int = 300
+    ink_margin: int = 10
+
+    def __call__(self, image: Image.Image, modality: str) -> torch.Tensor:
+        if self.kind == "clip":
+            return clip_image(image, self.size, self.mean, self.std, self.pad_fill)
+        if modality == "sketch":
+            return zse_sketch(image, self.size, self.ink_threshold, self.ink_margin)
+        return zse_photo(image, self.size)
+
+    def decode(self, data: bytes, modality: str) -> torch.Tensor:
+        """Encoded image bytes (as stored in prepared shards) -> normalised tensor."""
+        with Image.open(io.BytesIO(data)) as image:
+            return self(image.convert("RGB"), modality)
