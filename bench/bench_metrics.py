@@ -14,13 +14,12 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import cpu_name, peak_rss_mib, write_section
 
 from sbir.metrics import compute_metrics, format_metrics, tie_spread
 
@@ -37,10 +36,6 @@ def current_rss_mib() -> float:
     except OSError:
         pass
     return peak_rss_mib()
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def class_sizes(total: int, classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,29 +63,6 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) the ``## Metrics`` section of ``path``; other sections are kept verbatim."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured figures, one section per component.\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main() -> None:
@@ -182,7 +154,7 @@ Resulting values (a sanity check; they depend only on the synthetic signal):
 
 {format_metrics(metrics, markdown=True)}
 """
-    write_section(args.write, body)
+    write_section(args.write, SECTION, body)
     print(f"wrote the '{SECTION}' section of {args.write}")
 
 

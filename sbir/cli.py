@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from sbir.cli_data import data_app
 from sbir.config import ConfigError, dump_config, load_config
 
 app = typer.Typer(help="Zero-shot sketch-based image retrieval (ZSE-SBIR, CLIP-AT) on Ray.", no_args_is_help=True)
@@ -15,6 +16,7 @@ config_app = typer.Typer(help="Inspect and validate configurations.", no_args_is
 model_app = typer.Typer(help="Build models, inspect them and convert released weights.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
+app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[
     str | None, typer.Option("--config", "-c", help="YAML file or built-in preset name (see `sbir config presets`)")
@@ -92,8 +94,8 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="where reports and checkpoints go")] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
-    """Run the end-to-end demo on the built-in toy data (no downloads)."""
-    from sbir.demo import run_demo
+    """Run the end-to-end demo on the built-in synthetic dataset (no downloads)."""
+    from pipelines.demo import run_demo
 
     run_demo(out, seed=seed, echo=typer.echo)
 
