@@ -51,7 +51,7 @@ def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> d
     )
     echo(f"synthetic dataset: {synth.dataset_root} (contact sheet {synth.contact_sheet})")
     split = read_split("synthetic", out / "data", "zeroshot1")
-    ensure_ray(num_cpus=2)
+    ensure_ray()
     prepared = str(out / "prepared")
     manifest = prepare_dataset(split, prepared)
     echo(

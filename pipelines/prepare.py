@@ -118,7 +118,13 @@ def prepare_dataset(
 
     started = time.perf_counter()
     ds = ray.data.from_items(_rows(split), override_num_blocks=max(1, min(64, len(split.records) // 256)))
-    ds = ds.map_batches(LoadImages, fn_constructor_args=(split.root,), batch_size=64, concurrency=(1, 2), num_cpus=0.5)
+    ds = ds.map_batches(
+        LoadImages,
+        fn_constructor_args=(split.root,),
+        batch_size=64,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+        num_cpus=0.5,
+    )
     ds = ds.materialize()
     bad = [
         {"path": row["path"], "reason": row["bad_reason"]}
@@ -187,10 +193,20 @@ def read_manifest(prepared: str) -> dict[str, Any]:
     return manifest
 
 
+def use_fast_parquet_reader() -> None:
+    """Read Parquet with Ray Data's task-based (V1) datasource.
+
+    Ray 2.60's default V2 reader starts FooterReader actors on every execution: measured 6-11 s to read
+    one small shard on 2 cores against 0.2 s for V1, which made every training epoch input-bound.
+    """
+    ray.data.DataContext.get_current().use_datasource_v2 = False
+
+
 def read_prepared(prepared: str, columns: list[str] | None = None) -> ray.data.Dataset:
     """The prepared rows as a Ray Dataset (local path or s3://)."""
     manifest = read_manifest(prepared)
     fs, base = storage.resolve(prepared)
+    use_fast_parquet_reader()
     return ray.data.read_parquet(storage.join(base, manifest["data_dir"]), filesystem=fs, columns=columns)
 
 

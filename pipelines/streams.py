@@ -24,6 +24,7 @@ from sbir.data.preprocess import ImageTransform
 logger = logging.getLogger(__name__)
 
 META_COLUMNS = ["path", "class_id", "modality", "pair_id", "role"]
+STREAM_CPUS = 0.25  # logical CPUs per read/expand/decode task, so streams fit beside training workers
 
 
 def training_metadata(prepared: str, roles: tuple[str, ...] = ("train",)) -> list[dict]:
@@ -33,7 +34,7 @@ def training_metadata(prepared: str, roles: tuple[str, ...] = ("train",)) -> lis
 
 
 class ExpandToSlots:
-    """Ray Data UDF: keep planned rows, one output row per slot the plan assigns them."""
+    """Ray Data UDF logic: keep planned rows, one output row per slot the plan assigns them."""
 
     def __init__(self, plan: Mapping[str, list[Slot]]) -> None:
         self.plan = plan
@@ -56,7 +57,7 @@ class ExpandToSlots:
 
 
 class AssembleBatch:
-    """Ray Data UDF for ``map_groups``: decode one batch's images into stacked arrays."""
+    """Ray Data UDF logic for ``map_groups``: decode one batch's images into stacked arrays."""
 
     def __init__(self, transform: ImageTransform, batch_size: int) -> None:
         self.transform = transform
@@ -94,16 +95,24 @@ def epoch_batches(
     meta = metadata if metadata is not None else training_metadata(prepared)
     plan = plan_epoch(meta, spec, num_batches, seed, epoch)
     ds = read_prepared(prepared, columns=["path", "image", "class_id"])
-    ds = ds.map_batches(ExpandToSlots, fn_constructor_args=(plan,), batch_format="pyarrow", concurrency=1, num_cpus=0.5)
+    # Stateless tasks, not actor pools: an actor costs a fresh process per epoch; tasks reuse pooled workers.
+    ds = ds.map_batches(_expand, fn_kwargs={"plan": plan}, batch_format="pyarrow", num_cpus=STREAM_CPUS)
     # Bounded partitions: the default hash-shuffle parallelism (200 aggregators) starves small clusters.
     partitions = max(1, min(num_batches, int(ray.cluster_resources().get("CPU", 1))))
     return ds.groupby("batch", num_partitions=partitions).map_groups(
-        AssembleBatch,
-        fn_constructor_args=(transform, spec.batch_size),
+        _assemble,
+        fn_kwargs={"transform": transform, "batch_size": spec.batch_size},
         batch_format="numpy",
-        concurrency=1,
-        num_cpus=0.5,
+        num_cpus=STREAM_CPUS,
     )
+
+
+def _expand(table: pa.Table, plan: Mapping[str, list[Slot]]) -> pa.Table:
+    return ExpandToSlots(plan)(table)
+
+
+def _assemble(group: dict[str, np.ndarray], transform: ImageTransform, batch_size: int) -> dict[str, np.ndarray]:
+    return AssembleBatch(transform, batch_size)(group)
 
 
 def iter_epoch(ds: ray.data.Dataset) -> Iterator[dict[str, torch.Tensor]]:

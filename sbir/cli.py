@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from sbir.cli_data import data_app
+from sbir.cli_run import evaluate, train
 from sbir.config import ConfigError, dump_config, load_config
 
 app = typer.Typer(help="Zero-shot sketch-based image retrieval (ZSE-SBIR, CLIP-AT) on Ray.", no_args_is_help=True)
@@ -17,6 +18,8 @@ model_app = typer.Typer(help="Build models, inspect them and convert released we
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
+app.command("train")(train)
+app.command("eval")(evaluate)
 
 ConfigOption = Annotated[
     str | None, typer.Option("--config", "-c", help="YAML file or built-in preset name (see `sbir config presets`)")

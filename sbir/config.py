@@ -205,7 +205,9 @@ class ClipATConfig(_Strict):
     prompt_depth: Literal["shallow", "deep"] = "shallow"
     prompt_sharing: Literal["per_modality", "shared"] | None = None
     prompt_init_std: float = Field(1.0, gt=0)
-    freeze: Literal["ln_only", "official_freeze"] = "ln_only"
+    freeze: Literal["ln_only", "official_freeze", "none"] = Field(
+        "ln_only", description="ln_only = the paper; none trains the whole visual tower (random-init demo backbones)"
+    )
     ln_sharing: Literal["per_modality", "shared"] | None = None
     normalization: Literal["model", "imagenet"] = "model"
     pad_fill: int = Field(0, ge=0, le=255)
@@ -260,6 +262,20 @@ class DataConfig(_Strict):
     val_seed: int = 0
     sketch_ink_threshold: int = Field(300, ge=0, le=765)
     sketch_ink_margin: int = Field(10, ge=0)
+    setting: str | None = Field(
+        None, description="setting id (sketchy25, tuberlin30 ...); null = derived from layout/split"
+    )
+    pairs_file: str | None = Field(None, description="fine-grained pairs list (default: the split's own, if any)")
+
+
+class EvalTarget(_Strict):
+    """An extra evaluation dataset (cross-dataset: train on one dataset, test on another's unseen classes)."""
+
+    name: str
+    root: str
+    layout: Literal["sketchy", "tuberlin", "quickdraw", "generic", "synthetic"]
+    split: str
+    prepared: str | None = Field(None, description="prepared shards of the target; null = <run dir>/targets/<name>")
 
 
 class TrainConfig(_Strict):
@@ -285,6 +301,48 @@ class TrainConfig(_Strict):
     relation_weight: float = Field(4.0, ge=0)
     triplet_feature: Literal["post_ca", "pre_ca", "both"] = "post_ca"
     model_selection: Literal["seen_val", "unseen_test"] = "seen_val"
+    items_per_class: int = Field(3, ge=2, description="K of the P x K batches (sketches and photos per class)")
+    val_every: int = Field(1, ge=1, description="validate every n epochs")
+    val_from_epoch: int = Field(1, ge=1, description="first epoch (1-based) that is validated")
+    val_mode: Literal["ret", "rn", "rn_rerank"] = Field("ret", description="ZSE-SBIR retrieval mode for validation")
+    val_metric: str = Field("map_all_voc", description="metric that selects the best checkpoint")
+    max_failures: int = Field(2, ge=-1, description="worker failures tolerated (restart from the last checkpoint)")
+    eval_at_end: bool = Field(True, description="evaluate the best checkpoint on the unseen classes after training")
+    baseline: bool = Field(False, description="also evaluate the untrained model (for before/after tables)")
+
+    @model_validator(mode="after")
+    def _batch_layout(self) -> TrainConfig:
+        workers = max(1, self.num_workers)
+        micro, rest = divmod(self.batch_size, workers * self.grad_accum)
+        if rest or micro % self.items_per_class or micro // self.items_per_class < 2:
+            raise ValueError(
+                f"train.batch_size {self.batch_size} must split into num_workers ({workers}) x grad_accum "
+                f"({self.grad_accum}) micro-batches of P x items_per_class ({self.items_per_class}) with P >= 2"
+            )
+        return self
+
+    @property
+    def classes_per_batch(self) -> int:
+        """P of each worker's micro-batch."""
+        return self.batch_size // (max(1, self.num_workers) * self.grad_accum * self.items_per_class)
+
+
+class RunConfig(_Strict):
+    """Where a run lives: local run directory (reports, MLflow store), checkpoint storage and the Ray cluster."""
+
+    dir: str = Field("runs", description="local run directory: reports, the embedded MLflow store")
+    storage: str | None = Field(None, description="checkpoint storage (local path or s3://); null = run.dir")
+    name: str | None = Field(None, description="run name; null = <method>-<setting>-<timestamp>")
+    ray_address: str | None = Field(None, description="Ray cluster address; null = RAY_ADDRESS or a local cluster")
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking: the embedded SQLite store by default, a server when a URI is given."""
+
+    uri: str | None = Field(None, description="tracking URI; null = MLFLOW_TRACKING_URI or sqlite under run.dir")
+    experiment: str = "sbir"
+    register_model: bool = Field(True, description="register the best checkpoint as a model version")
+    model_name: str | None = Field(None, description="registered model name; null = sbir-<method>-<setting>")
 
 
 class EvalConfig(_Strict):
@@ -297,6 +355,10 @@ class EvalConfig(_Strict):
     eval_precision: Literal["fp32", "fp16"] = "fp32"
     batch_size: int = Field(64, ge=1)
     query_chunk: int = Field(256, ge=1, description="queries per chunk when computing metrics")
+    targets: list[EvalTarget] = Field(default_factory=list, description="cross-dataset evaluation targets")
+    report_queries: int = Field(6, ge=0, description="sample queries in the top-k grid of the report")
+    report_top_k: int = Field(8, ge=1)
+    report_explanations: int = Field(2, ge=0, description="ZSE-SBIR explanation images in the report")
 
 
 class ServeConfig(_Strict):
@@ -315,6 +377,24 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def setting(self) -> str:
+        """The setting id of protocols.md (sketchy25, sketchy21, tuberlin30, quickdraw30, fg_sketchy, synthetic ...)."""
+        if self.data.setting:
+            return self.data.setting
+        layout, split = self.data.layout, self.data.split
+        if layout == "sketchy":
+            base = {"zeroshot1": "sketchy25", "zeroshot0": "sketchy21"}.get(split, f"sketchy-{split}")
+        elif layout in ("tuberlin", "quickdraw"):
+            base = f"{layout}30" if split == "zeroshot" else f"{layout}-{split}"
+        else:
+            base = layout if split == "zeroshot1" else f"{layout}-{split}"
+        if self.model.method == "clip_at" and self.model.clip_at.granularity == "fine_grained":
+            base = f"fg_{base}"
+        return base
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -95,12 +95,12 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
-    """One local Ray cluster for the whole test session (2 logical CPUs, no dashboard)."""
+    """One local Ray cluster for the whole test session (`local_cpus()` logical CPUs, no dashboard)."""
     import ray
 
     from pipelines.ray_runtime import ensure_ray
 
-    ensure_ray(num_cpus=2)
+    ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

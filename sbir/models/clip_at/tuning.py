@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FREEZE_MODES = ("ln_only", "official_freeze")
+FREEZE_MODES = ("ln_only", "official_freeze", "none")
 
 
 def layernorm_parameter_names(visual: nn.Module, prefix: str = "") -> list[str]:
@@ -45,6 +45,8 @@ def trainable_visual_names(visual: nn.Module, freeze: str) -> list[str]:
         return [n for n in layernorm_parameter_names(visual) if params[n].requires_grad]
     if freeze == "official_freeze":
         return official_trainable_names(visual)
+    if freeze == "none":  # every visual weight: for random-init backbones (the synthetic demo), not the paper
+        return [n for n, _ in visual.named_parameters()]
     raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
 
 
