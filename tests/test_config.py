@@ -112,3 +112,38 @@ def test_flat_view_has_dotted_keys():
     flat = build_config().flat()
     assert flat["model.zse.depth"] == 12
     assert flat["train.seed"] == 2021
+
+
+@pytest.mark.parametrize(
+    ("preset", "setting"),
+    [
+        ("zse_sketchy25", "sketchy25"),
+        ("zse_sketchy21", "sketchy21"),
+        ("zse_tuberlin30", "tuberlin30"),
+        ("zse_quickdraw30", "quickdraw30"),
+        ("clip_at_sketchy25", "sketchy25"),
+        ("clip_at_sketchy21", "sketchy21"),
+        ("clip_at_tuberlin30", "tuberlin30"),
+        ("clip_at_quickdraw30", "quickdraw30"),
+        ("clip_at_fg_sketchy", "fg_sketchy"),
+        ("zse_cross_dataset", "cross_sketchy"),
+        ("clip_at_cross_dataset", "cross_sketchy"),
+        ("synthetic_zse", "synthetic"),
+        ("synthetic_clip_at", "synthetic"),
+    ],
+)
+def test_every_setting_has_a_valid_preset(preset, setting):
+    config = load_config(preset)
+    assert config.setting == setting
+    micro = config.train.batch_size // max(1, config.train.num_workers)
+    assert micro == config.train.classes_per_batch * config.train.items_per_class
+
+
+def test_cross_dataset_presets_evaluate_on_tuberlin_and_quickdraw():
+    targets = load_config("zse_cross_dataset").eval.targets
+    assert [(t.layout, t.split) for t in targets] == [("tuberlin", "zeroshot"), ("quickdraw", "zeroshot")]
+
+
+def test_batch_that_does_not_split_over_workers_is_rejected():
+    with pytest.raises(ConfigError, match="train.batch_size 15"):
+        load_config("zse_sketchy25", ["train.num_workers=2"])
