@@ -141,3 +141,30 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_without_repeating_epoc
     attempts = [int(h["attempt"]) for h in outcome.history]
     assert attempts[0] == 0 and attempts[-1] >= 1, "later epochs ran in a restarted worker group"
     assert attempts == sorted(attempts)
+
+
+def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.prepare import read_manifest
+    from sbir.checkpoint import save_checkpoint
+    from sbir.cli import app
+    from sbir.models import build_model
+
+    config = _config(synth_prepared, tmp_path / "runs", "synthetic_zse")
+    seen = read_manifest(str(synth_prepared / "prepared"))["classes"]["train"]
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(config.model), config, classes={"seen": seen})
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--checkpoint", str(checkpoint), "--prepared", str(synth_prepared / "prepared"), "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "zse/rn_rerank" in result.stdout and (out / "report.html").is_file()
+    assert set(json.loads((out / "metrics.json").read_text())) == {"ret", "rn", "rn_rerank"}
+
+    missing = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "nope" in missing.output
