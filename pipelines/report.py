@@ -13,7 +13,6 @@ from PIL import Image
 
 from pipelines.prepare import read_prepared
 from sbir.config import Config
-from sbir.data.preprocess import ImageTransform
 from sbir.evaluation import Evaluation
 from sbir.reports import (
     ReportFiles,
@@ -97,14 +96,10 @@ def write_evaluation_report(
 
 def _explanations(out, model, config, queries, rankings, sketches, photos, load) -> dict[str, Path]:
     """Attention maps, token correspondences and patch synthesis for the first few queries and their top photo."""
+    from pipelines.train import image_transform
     from sbir.explain import explain_pair, save_explanation
 
-    transform = ImageTransform(
-        "zse",
-        config.model.zse.image_size,
-        ink_threshold=config.data.sketch_ink_threshold,
-        ink_margin=config.data.sketch_ink_margin,
-    )
+    transform = image_transform(config, model)
     written: dict[str, Path] = {}
     for n, (q, ranked) in enumerate(zip(queries, rankings, strict=True)):
         if n >= config.eval.report_explanations:
