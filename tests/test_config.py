@@ -145,5 +145,5 @@ def test_cross_dataset_presets_evaluate_on_tuberlin_and_quickdraw():
 
 
 def test_batch_that_does_not_split_over_workers_is_rejected():
-    with pytest.raises(ConfigError, match="train.batch_size 15"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size 15"):
         load_config("zse_sketchy25", ["train.num_workers=2"])
