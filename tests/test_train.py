@@ -105,6 +105,17 @@ def _train_workers() -> list[int]:
     return sorted(pids)
 
 
+def _has_registered_checkpoint(run: Path) -> bool:
+    """True once the controller's snapshot names a latest checkpoint (so a restart can resume from it)."""
+    import json
+
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint_without_repeating_epochs(synth_prepared, tmp_path):
     from pipelines.train import run_training
 
@@ -123,8 +134,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_without_repeating_epoc
     def kill_after_first_checkpoint() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            # the controller writes its snapshot once a reported checkpoint is registered (resumable)
-            if (runs / "zse-kill" / "checkpoint_manager_snapshot.json").is_file() and (workers := _train_workers()):
+            if _has_registered_checkpoint(runs / "zse-kill") and (workers := _train_workers()):
                 os.kill(workers[-1], signal.SIGKILL)
                 killed.append(workers[-1])
                 return
