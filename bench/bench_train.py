@@ -80,6 +80,11 @@ def train_once(preset: str, workers: int, args: argparse.Namespace, data: Path, 
     after = load1()
 
     history = sorted(outcome.history, key=lambda h: h["epoch"])
+    for h in history:
+        print(
+            f"  epoch {h['epoch']:.0f}: {h['epoch_seconds']:.1f} s, rank 0 {h['samples_per_s']:.1f} images/s, "
+            f"input wait {h['input_wait_share']:.0%}"
+        )
     if len(history) != args.epochs:
         raise RuntimeError(f"{preset} with {workers} worker(s): expected {args.epochs} epochs, got {len(history)}")
     expected = args.steps * micro * 2  # rank 0's images (sketches + photos) per epoch
