@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SHORT_TRAINING, SMALL_VAL_FRACTION, write_small_synthetic
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,32 +165,18 @@ def test_sbir_train_runs_as_a_ray_job_on_a_ray_start_head(ray_head, tmp_path):
     from mlflow import MlflowClient
 
     from sbir.checkpoint import read_checkpoint_meta
-    from sbir.data.synth import write_synthetic_dataset
 
-    # 12 classes (3 unseen, ~2 val), 6 sketches + 6 photos each, 64 px; `sbir train` prepares it in the job.
-    write_synthetic_dataset(
-        tmp_path / "data",
-        seed=1,
-        num_classes=12,
-        sketches_per_class=6,
-        photos_per_class=6,
-        image_size=64,
-        unseen_fraction=0.25,
-        progress=False,
-    )
+    write_small_synthetic(tmp_path / "data")  # `sbir train` prepares it inside the job
     runs = tmp_path / "runs"
     run_name = f"job-{uuid.uuid4().hex[:8]}"
     train = [
         "sbir", "train", "-c", "synthetic_zse",
         f"data.root={tmp_path / 'data'}",
         f"data.prepared={tmp_path / 'prepared'}",
-        "data.val_fraction=0.2",
+        f"data.val_fraction={SMALL_VAL_FRACTION}",
         f"run.dir={runs}",
         f"run.name={run_name}",
-        "train.epochs=2",
-        "train.steps_per_epoch=2",
-        "train.batch_size=12",
-        "train.items_per_class=3",
+        *SHORT_TRAINING,
         "train.eval_at_end=false",  # evaluation inside train is covered by test_train; it adds ~30 s here
     ]  # fmt: skip
     job_id = f"sbir-test-{uuid.uuid4().hex[:8]}"

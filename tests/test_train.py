@@ -12,6 +12,8 @@ import mlflow
 import pytest
 import torch
 
+from tests.helpers import SHORT_TRAINING, SMALL_VAL_FRACTION, write_small_synthetic
+
 pytestmark = pytest.mark.slow
 
 
@@ -20,20 +22,10 @@ def synth_prepared(tmp_path_factory, ray_cluster):
     """A small synthetic dataset (12 classes, 2 val, 3 unseen), prepared once for the module."""
     from pipelines.prepare import prepare_dataset
     from sbir.data.readers import read_split
-    from sbir.data.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("train-data")
-    write_synthetic_dataset(
-        root / "data",
-        seed=1,
-        num_classes=12,
-        sketches_per_class=6,
-        photos_per_class=6,
-        image_size=64,
-        unseen_fraction=0.25,
-        progress=False,
-    )
-    split = read_split("synthetic", root / "data", "zeroshot1", val_fraction=0.2, val_seed=0)
+    write_small_synthetic(root / "data")
+    split = read_split("synthetic", root / "data", "zeroshot1", val_fraction=SMALL_VAL_FRACTION, val_seed=0)
     prepare_dataset(split, str(root / "prepared"))
     return root
 
@@ -47,10 +39,7 @@ def _config(root: Path, runs: Path, preset: str, *extra: str):
             f"data.root={root / 'data'}",
             f"data.prepared={root / 'prepared'}",
             f"run.dir={runs}",
-            "train.epochs=2",
-            "train.steps_per_epoch=2",
-            "train.batch_size=12",
-            "train.items_per_class=3",
+            *SHORT_TRAINING,
             "eval.report_queries=2",
             "eval.report_explanations=1",
             *extra,

@@ -1,0 +1,31 @@
+"""Shared builders for the slow training tests (one small synthetic dataset, one short training recipe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# 12 classes (3 unseen, ~2 held out for validation), 6 sketches + 6 photos each, 64 px: seconds to write.
+SMALL_SYNTH = {
+    "seed": 1,
+    "num_classes": 12,
+    "sketches_per_class": 6,
+    "photos_per_class": 6,
+    "image_size": 64,
+    "unseen_fraction": 0.25,
+}
+SMALL_VAL_FRACTION = 0.2
+# Two epochs of two P x K steps: enough for a checkpoint per epoch, resume and validation, in seconds.
+SHORT_TRAINING = [
+    "train.epochs=2",
+    "train.steps_per_epoch=2",
+    "train.batch_size=12",
+    "train.items_per_class=3",
+]
+
+
+def write_small_synthetic(dest: Path) -> Path:
+    """Write the small synthetic dataset into `dest` and return it."""
+    from sbir.data.synth import write_synthetic_dataset
+
+    write_synthetic_dataset(dest, progress=False, **SMALL_SYNTH)
+    return dest
