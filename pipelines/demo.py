@@ -23,7 +23,6 @@ from sbir.data.synth import write_synthetic_dataset
 
 logger = logging.getLogger(__name__)
 
-HEADLINE = ("map_all_voc", "map_all_plain", "map_200_voc_strict", "map_200_plain_lenient", "p_100", "p_100_minR")
 DEMO_DATA = {
     "num_classes": 60,
     "sketches_per_class": 8,
@@ -92,13 +91,4 @@ def comparison_table(outcomes: dict[str, TrainOutcome]) -> str:
             f"| {method} ({mode}) | {before['map_all_voc']:.4f} | {after['map_all_voc']:.4f} | "
             f"{before['p_100']:.4f} | {after['p_100']:.4f} |"
         )
-    return "\n".join(lines)
-
-
-def results_table(results: dict[str, dict[str, float]], columns: tuple[str, ...] = HEADLINE) -> str:
-    """Fixed-width table: one row per model/mode, one column per named metric."""
-    width = max(len(name) for name in results) + 2
-    lines = ["".ljust(width) + "".join(c.rjust(22) for c in columns)]
-    for name, metrics in results.items():
-        lines.append(name.ljust(width) + "".join(f"{metrics[c]:22.4f}" for c in columns))
     return "\n".join(lines)

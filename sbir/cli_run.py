@@ -42,9 +42,7 @@ def train(
         raise _fail(str(exc), 1) from None
     typer.echo(f"run: {outcome.run_dir}\nbest checkpoint: {outcome.best_checkpoint}")
     if outcome.test_metrics:
-        from pipelines.demo import results_table
-
-        typer.echo(results_table({f"{cfg.model.method}/{m}": v for m, v in outcome.test_metrics.items()}))
+        typer.echo(_metrics_table({f"{cfg.model.method}/{m}": v for m, v in outcome.test_metrics.items()}))
         typer.echo(f"report: {outcome.report}")
     if outcome.registered:
         typer.echo(f"registered: {outcome.registered}")
@@ -81,7 +79,17 @@ def evaluate(
     data = prepared or ensure_prepared(cfg)
     target = out or Path(cfg.run.dir) / "eval" / f"{Path(directory).name}-{split}"
     result = evaluate_checkpoint(directory, data, out_dir=target, config=cfg, role=split)
-    from pipelines.demo import results_table
-
-    typer.echo(results_table({f"{meta.method}/{m}": v for m, v in result.metrics.items()}))
+    typer.echo(_metrics_table({f"{meta.method}/{m}": v for m, v in result.metrics.items()}))
     typer.echo(f"report: {result.report}\nmetrics: {result.report_json}")
+
+
+HEADLINE = ("map_all_voc", "map_all_plain", "map_200_voc_strict", "map_200_plain_lenient", "p_100", "p_100_minR")
+
+
+def _metrics_table(results: dict[str, dict[str, float]], columns: tuple[str, ...] = HEADLINE) -> str:
+    """Fixed-width table for the terminal: one row per model/mode, one column per named metric."""
+    width = max(len(name) for name in results) + 2
+    lines = ["".ljust(width) + "".join(c.rjust(22) for c in columns)]
+    for name, metrics in results.items():
+        lines.append(name.ljust(width) + "".join(f"{metrics[c]:22.4f}" for c in columns))
+    return "\n".join(lines)
