@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
+import numpy as np
 import pytest
 import torch
 
-from pipelines.prepare import prepare_dataset
-from pipelines.streams import epoch_batches, iter_epoch, training_metadata
-from sbir.data.batches import BatchSpec, zse_quadruplets
+from pipelines.prepare import prepare_dataset, read_prepared
+from pipelines.streams import (
+    cache_bytes,
+    decoded_images,
+    epoch_batches,
+    iter_epoch,
+    normalise,
+    to_uint8,
+    training_metadata,
+)
+from sbir.data.batches import BatchSpec, plan_epoch, zse_quadruplets
 from sbir.data.preprocess import ImageTransform
 
 pytestmark = pytest.mark.slow
+
+CLIP = ImageTransform("clip", 64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
 @pytest.fixture
@@ -33,12 +45,72 @@ def test_batches_are_class_balanced_and_decoded(prepared, toy_split):
     train_ids = {toy_split.class_id(c) for c in toy_split.train_classes}
     for b in batches:
         assert b["sketch"].shape == (6, 3, 64, 64) and b["photo"].shape == (6, 3, 64, 64)
+        assert b["sketch"].dtype == torch.float32 and b["sketch_label"].dtype == torch.int64
         labels = b["sketch_label"].tolist()
         assert labels == b["photo_label"].tolist()
         assert len(set(labels)) == 3 and set(labels) <= train_ids  # never val or test classes
         assert b["sketch"].min() >= -1 and b["sketch"].max() <= 1 and b["sketch"].std() > 0
         quads = zse_quadruplets(b, torch.Generator().manual_seed(0))
         assert all(q.shape == (6, 3, 64, 64) for q in quads)
+
+
+@pytest.mark.parametrize("transform", [ImageTransform("zse", 64), CLIP], ids=["zse", "clip"])
+def test_cached_and_per_epoch_decoded_batches_are_the_plans_images_bit_for_bit(prepared, transform):
+    spec, seed, epoch, n = BatchSpec(3, 2), 5, 2, 3
+    meta = training_metadata(prepared)
+    cached = {int(b["batch"]): b for b in iter_epoch(epoch_batches(prepared, spec, transform, n, seed, epoch, meta))}
+    decoded = {
+        int(b["batch"]): b
+        for b in iter_epoch(epoch_batches(prepared, spec, transform, n, seed, epoch, meta, cache_budget=0))
+    }
+    assert sorted(cached) == sorted(decoded) == list(range(n))
+    for b in range(n):
+        assert cached[b].keys() == decoded[b].keys() == {"sketch", "photo", "sketch_label", "photo_label", "batch"}
+        for key in cached[b]:
+            assert torch.equal(cached[b][key], decoded[b][key]), (b, key)
+
+    # Every position holds exactly the image and class the plan put there.
+    rows = {r["path"]: r for r in read_prepared(prepared, columns=["path", "image", "class_id"]).take_all()}
+    for path, slots in plan_epoch(meta, spec, n, seed, epoch).items():
+        for b, modality, pos in slots:
+            assert torch.equal(cached[b][modality][pos], transform.decode(rows[path]["image"], modality))
+            assert int(cached[b][f"{modality}_label"][pos]) == rows[path]["class_id"]
+
+
+def test_the_cache_is_built_once_per_run_and_only_within_its_budget(prepared, caplog):
+    transform = ImageTransform("zse", 64)
+    meta = training_metadata(prepared)
+    needed = cache_bytes(len(meta), transform)
+    assert needed == len(meta) * 3 * 64 * 64
+    with caplog.at_level(logging.INFO, logger="pipelines.streams"):
+        assert decoded_images(prepared, transform, meta, budget=needed - 1) is None
+        assert "not caching decoded images" in caplog.text
+        first = decoded_images(prepared, transform, meta, budget=needed)
+        assert first is not None and first.nbytes == needed and "cached" in caplog.text
+    assert decoded_images(prepared, transform, meta, budget=needed) is first  # later epochs reuse it
+    assert set(first.rows) == {m["path"] for m in meta}
+    other = decoded_images(prepared, ImageTransform("zse", 32), meta)  # another transform: another cache
+    assert other is not None and other is not first and other.size == 32
+
+
+def test_planned_images_missing_from_the_shards_fail_loudly(prepared):
+    meta = training_metadata(prepared)
+    ghost = dict(meta[0], path="nowhere/ghost.png")
+    with pytest.raises(RuntimeError, match="not in"):
+        decoded_images(prepared, ImageTransform("zse", 64), [*meta, ghost])
+
+
+def test_pixels_round_trip_through_uint8_exactly(toy_split):
+    from pathlib import Path
+
+    for record in toy_split.records[:4]:  # sketches (png) and photos (jpg)
+        data = (Path(toy_split.root) / record.path).read_bytes()
+        for transform in (ImageTransform("zse", 64), CLIP):
+            pixels = transform.decode(data, record.modality).numpy()
+            restored = normalise(to_uint8(pixels, transform.mean, transform.std), transform.mean, transform.std)
+            assert np.array_equal(restored, pixels)
+    with pytest.raises(ValueError, match="not a normalised 8-bit image"):
+        to_uint8(np.full((3, 2, 2), 0.123, np.float32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def test_fine_grained_batches_pair_sketches_with_their_photos(prepared):
@@ -48,13 +120,19 @@ def test_fine_grained_batches_pair_sketches_with_their_photos(prepared):
         assert b["sketch_label"].tolist() == b["photo_label"].tolist()
 
 
-def test_workers_get_disjoint_complete_batches(prepared):
-    ds = epoch_batches(prepared, BatchSpec(2, 2), ImageTransform("zse", 64), 6, seed=1, epoch=1)
-    shards = ds.streaming_split(2, equal=False)
+@pytest.mark.parametrize(("cache_budget", "equal"), [(None, True), (0, False)], ids=["cached", "decoded"])
+def test_workers_get_disjoint_complete_batches(prepared, cache_budget, equal):
+    ds = epoch_batches(
+        prepared, BatchSpec(2, 2), ImageTransform("zse", 64), 6, seed=1, epoch=1, cache_budget=cache_budget
+    )
+    shards = ds.streaming_split(2, equal=equal)  # Ray Train splits with equal=True
     seen: list[list[int]] = [[], []]
+    sizes: set[tuple[int, ...]] = set()
 
     def consume(i: int) -> None:  # Ray Train workers consume their shards concurrently
-        seen[i] = [int(b["batch"]) for b in iter_epoch(shards[i])]
+        for b in iter_epoch(shards[i]):
+            seen[i].append(int(b["batch"]))
+            sizes.update({tuple(b["sketch"].shape), tuple(b["photo"].shape)})
 
     threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
     for t in threads:
@@ -63,13 +141,22 @@ def test_workers_get_disjoint_complete_batches(prepared):
         t.join(timeout=120)
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(6))
+    assert sizes == {(4, 3, 64, 64)}  # whole batches, never split across workers
+    if equal:
+        assert len(seen[0]) == len(seen[1]) == 3
 
 
-def test_training_input_reads_from_s3(ray_cluster, s3_server, toy_split):
+def test_training_input_reads_from_s3(ray_cluster, s3_server, toy_split, caplog):
     import boto3
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="sbir-stream")
     prepare_dataset(toy_split, "s3://sbir-stream/toy")
-    ds = epoch_batches("s3://sbir-stream/toy", BatchSpec(2, 2), ImageTransform("zse", 64), 2, seed=0, epoch=0)
-    batches = list(iter_epoch(ds))
-    assert len(batches) == 2 and batches[0]["photo"].shape == (4, 3, 64, 64)
+    transform = ImageTransform("zse", 64)
+    with caplog.at_level(logging.INFO, logger="pipelines.streams"):
+        cached = list(iter_epoch(epoch_batches("s3://sbir-stream/toy", BatchSpec(2, 2), transform, 2, seed=0, epoch=0)))
+    assert "cached" in caplog.text
+    assert len(cached) == 2 and cached[0]["photo"].shape == (4, 3, 64, 64)
+    ds = epoch_batches("s3://sbir-stream/toy", BatchSpec(2, 2), transform, 2, seed=0, epoch=0, cache_budget=0)
+    decoded = {int(b["batch"]): b for b in iter_epoch(ds)}
+    for b in cached:
+        assert torch.equal(b["sketch"], decoded[int(b["batch"])]["sketch"])
