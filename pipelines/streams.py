@@ -176,7 +176,7 @@ def _build_cache(prepared: str, transform: ImageTransform, paths: list[str]) -> 
         batch_size=64,
         batch_format="numpy",
         num_cpus=STREAM_CPUS,
-        concurrency=_decode_tasks(len(paths), size),
+        compute=ray.data.TaskPoolStrategy(size=_decode_tasks(len(paths), size)),
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         at = np.fromiter((rows[str(p)] for p in batch["path"]), np.int64, len(batch["path"]))
@@ -289,7 +289,7 @@ def _cached_epoch(
         batch_size=None,
         batch_format="numpy",
         num_cpus=STREAM_CPUS,
-        concurrency=GATHER_CONCURRENCY,
+        compute=ray.data.TaskPoolStrategy(size=GATHER_CONCURRENCY),
         # Gather where the array lives: a task elsewhere would first copy the whole array to its node.
         scheduling_strategy=NodeAffinitySchedulingStrategy(images.node_id, soft=True),
     )
