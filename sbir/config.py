@@ -201,6 +201,12 @@ class ClipATConfig(_Strict):
     granularity: Literal["category", "fine_grained"] = "category"
     backbone: str = "ViT-B-32-quickgelu"
     pretrained: str | None = Field("openai", description="open_clip tag, local checkpoint path, or null")
+    stem: Literal["patch", "conv_bn"] = Field(
+        "patch",
+        description="patch = the backbone's patch embedding (the paper); conv_bn replaces it with a trainable "
+        "conv-BatchNorm stem (sbir.models.conv_stem) for random-init tiny backbones, which cannot read sketches "
+        "otherwise; needs pretrained: null",
+    )
     prompt_len: int = Field(3, ge=1)
     prompt_depth: Literal["shallow", "deep"] = "shallow"
     prompt_sharing: Literal["per_modality", "shared"] | None = None
@@ -239,6 +245,15 @@ class ClipATConfig(_Strict):
             object.__setattr__(self, "prompt_sharing", default)
         if self.ln_sharing is None:
             object.__setattr__(self, "ln_sharing", default)
+        return self
+
+    @model_validator(mode="after")
+    def _check_stem(self) -> ClipATConfig:
+        if self.stem == "conv_bn" and self.pretrained:
+            raise ValueError(
+                f"model.clip_at.stem=conv_bn replaces the backbone's patch embedding, so pretrained weights "
+                f"({self.pretrained!r}) would be partly discarded; set model.clip_at.pretrained=null or stem=patch"
+            )
         return self
 
 

@@ -24,8 +24,16 @@ from sbir.models.clip_at.encoder import PromptedViT
 from sbir.models.clip_at.prompts import VisualPrompts, check_modality
 from sbir.models.clip_at.text import TextClassifier
 from sbir.models.clip_at.tuning import LayerNormCopies, layernorm_parameter_names, trainable_visual_names
+from sbir.models.conv_stem import ConvStem
 
 log = logging.getLogger(__name__)
+
+
+def _square_patch(patch_size: int | tuple[int, int]) -> int:
+    height, width = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    if height != width:
+        raise ValueError(f"stem=conv_bn needs square patches, the backbone has {height}x{width}")
+    return int(height)
 
 
 class ClipAT(nn.Module):
@@ -42,6 +50,10 @@ class ClipAT(nn.Module):
         clip = backbone.model
         visual = clip.visual
         clip.visual = None  # the text tower keeps the rest; the visual tower lives in the encoder
+        if cfg.stem == "conv_bn":
+            if backbone.pretrained:
+                raise ValueError("stem=conv_bn needs a random-init backbone (pretrained=null)")
+            visual.conv1 = ConvStem(visual.conv1.out_channels, _square_patch(visual.patch_size))
         self.encoder = PromptedViT(visual)
         self.backbone_name = backbone.name
         self.pretrained = backbone.pretrained
@@ -70,6 +82,8 @@ class ClipAT(nn.Module):
         """Freeze everything, then enable prompts, the LN copies and the ``cfg.freeze`` visual set."""
         visual = self.encoder.visual
         trainable = set(trainable_visual_names(visual, self.cfg.freeze))
+        if self.cfg.stem == "conv_bn":  # never pretrained, so always trained whatever the freeze mode
+            trainable |= {name for name, _ in visual.named_parameters() if name.startswith("conv1.")}
         for param in self.parameters():
             param.requires_grad_(False)
         for name, param in visual.named_parameters():
