@@ -97,6 +97,11 @@ class ZSEConfig(_Strict):
     relation_dim: int = Field(512, ge=1)
     anchors: int | None = Field(None, description="relation tokens; derived when null, checked when given")
     dropout: float = Field(0.1, ge=0, lt=1)
+    stem: Literal["patch", "conv_bn"] = Field(
+        "patch",
+        description="patch = the ViT patch embedding (the paper); conv_bn replaces it with a conv-BatchNorm stem "
+        "(sbir.models.conv_stem) for random-init tiny models, whose patch embedding cannot learn to read sketches",
+    )
     # Preset switches (filled from `preset` when not given).
     tokenizer_scope: Literal["both", "sketch_only", "none"] = "both"
     ca_wiring: Literal["q_own_k_other_v_own", "q_other_kv_own"] = "q_own_k_other_v_own"
@@ -128,6 +133,16 @@ class ZSEConfig(_Strict):
             for key, value in ZSE_SIZES[size].items():
                 data.setdefault(key, value)
         return data
+
+    @model_validator(mode="after")
+    def _check_stem(self) -> ZSEConfig:
+        weights = self.official_checkpoint or self.backbone_weights
+        if self.stem == "conv_bn" and weights:
+            raise ValueError(
+                f"model.zse.stem=conv_bn replaces the patch embedding that {weights!r} holds; use stem=patch with "
+                "pretrained weights, or drop official_checkpoint/backbone_weights"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_geometry(self) -> ZSEConfig:

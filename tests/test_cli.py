@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from sbir.checkpoint import load_checkpoint
 from sbir.cli import app
-from sbir.config import ZSEConfig
+from sbir.config import ZSEConfig, load_config
 from sbir.models.zse import ZSESBIR
 
 runner = CliRunner()
@@ -33,7 +33,8 @@ def test_presets_listed():
 def test_model_info_counts_parameters():
     result = runner.invoke(app, ["model", "info", "-c", "synthetic_zse"])
     assert result.exit_code == 0, result.output
-    expected = sum(p.numel() for p in ZSESBIR(ZSEConfig(size="tiny")).parameters())
+    zse = load_config("synthetic_zse").model.zse
+    expected = sum(p.numel() for p in ZSESBIR(zse).parameters())
     assert f"parameters: {expected:,}" in result.output
 
 

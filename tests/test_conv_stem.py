@@ -49,3 +49,24 @@ def test_conv_stem_refuses_pretrained_weights() -> None:
 def test_synthetic_preset_uses_the_stem_and_paper_presets_do_not() -> None:
     assert load_config("synthetic_clip_at").model.clip_at.stem == "conv_bn"
     assert load_config("clip_at_sketchy25").model.clip_at.stem == "patch"
+    assert load_config("synthetic_zse").model.zse.stem == "conv_bn"
+    assert load_config("zse_sketchy25").model.zse.stem == "patch"
+
+
+def test_zse_conv_stem_replaces_the_patch_embedding() -> None:
+    from sbir.config import ZSEConfig
+    from sbir.models.zse.vit import VisionTransformer
+
+    vit = VisionTransformer(ZSEConfig(size="tiny", stem="conv_bn", tokenizer_scope="none"))
+    assert isinstance(vit.embedding, ConvStem)
+    out = vit(torch.randn(2, 3, 64, 64), "sketch")
+    assert out.tokens.shape[1] == 1 + (64 // 8) ** 2
+    out.tokens.sum().backward()
+    assert vit.embedding[0].weight.grad.abs().sum() > 0
+
+
+def test_zse_conv_stem_refuses_pretrained_weights(tmp_path) -> None:
+    from sbir.config import ZSEConfig
+
+    with pytest.raises(ValidationError, match="stem=conv_bn"):
+        ZSEConfig(size="tiny", stem="conv_bn", backbone_weights=str(tmp_path / "vit.safetensors"))

@@ -17,6 +17,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from sbir.config import ZSEConfig
+from sbir.models.conv_stem import ConvStem
 
 
 class Attention(nn.Module):
@@ -154,6 +155,8 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.cls, std=0.02)
         nn.init.normal_(self.pos_embedding, std=0.02)
         self.apply(_init_weights)
+        if cfg.stem == "conv_bn":  # after _init_weights: the stem keeps PyTorch's conv/BN initialisation
+            self.embedding = ConvStem(cfg.width, cfg.patch_size)
 
     def uses_tokenizer(self, modality: str) -> bool:
         scope = self.cfg.tokenizer_scope
