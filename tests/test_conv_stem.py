@@ -19,6 +19,17 @@ def test_stem_gives_the_patch_embedding_grid(patch: int) -> None:
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in stem.modules()) == patch.bit_length() - 1
 
 
+def test_per_modality_stem_keeps_separate_statistics() -> None:
+    stem = ConvStem(16, 4, modalities=("sketch", "photo"))
+    stem.train()
+    stem(torch.randn(4, 3, 16, 16) + 3.0, "sketch")
+    stem(torch.randn(4, 3, 16, 16) - 3.0, "photo")
+    first = stem.norms[0]
+    assert not torch.allclose(first["sketch"].running_mean, first["photo"].running_mean)
+    with pytest.raises(ValueError, match="per modality"):
+        stem(torch.randn(1, 3, 16, 16))
+
+
 @pytest.mark.parametrize("patch", [1, 6, 12])
 def test_stem_rejects_patch_sizes_it_cannot_reach(patch: int) -> None:
     with pytest.raises(ValueError, match="power-of-two patch size"):
@@ -38,7 +49,7 @@ def test_clip_at_conv_stem_replaces_the_patch_embedding_and_always_trains() -> N
         emb = model.encode(images, modality)
         assert emb.shape == (4, model.embed_dim)
         emb.sum().backward()
-    assert model.encoder.visual.conv1[0].weight.grad.abs().sum() > 0
+    assert model.encoder.visual.conv1.convs[0].weight.grad.abs().sum() > 0
 
 
 def test_conv_stem_refuses_pretrained_weights() -> None:
@@ -62,7 +73,7 @@ def test_zse_conv_stem_replaces_the_patch_embedding() -> None:
     out = vit(torch.randn(2, 3, 64, 64), "sketch")
     assert out.tokens.shape[1] == 1 + (64 // 8) ** 2
     out.tokens.sum().backward()
-    assert vit.embedding[0].weight.grad.abs().sum() > 0
+    assert vit.embedding.convs[0].weight.grad.abs().sum() > 0
 
 
 def test_zse_conv_stem_refuses_pretrained_weights(tmp_path) -> None:

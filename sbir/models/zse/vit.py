@@ -156,7 +156,7 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.pos_embedding, std=0.02)
         self.apply(_init_weights)
         if cfg.stem == "conv_bn":  # after _init_weights: the stem keeps PyTorch's conv/BN initialisation
-            self.embedding = ConvStem(cfg.width, cfg.patch_size)
+            self.embedding = ConvStem(cfg.width, cfg.patch_size, modalities=("sketch", "photo"))
 
     def uses_tokenizer(self, modality: str) -> bool:
         scope = self.cfg.tokenizer_scope
@@ -168,7 +168,7 @@ class VisionTransformer(nn.Module):
         size = self.cfg.image_size
         if images.shape[-2:] != (size, size) or images.shape[1] != 3:
             raise ValueError(f"expected images of shape Bx3x{size}x{size}, got {tuple(images.shape)}")
-        x = self.embedding(images)
+        x = self.embedding(images, modality) if isinstance(self.embedding, ConvStem) else self.embedding(images)
         if self.uses_tokenizer(modality):
             x = (x + self.scale(images)) / 2
         x = x.flatten(2).transpose(1, 2)  # B x N x D
