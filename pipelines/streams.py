@@ -25,9 +25,8 @@ demo's 688 training images need 8 MiB at 64 px; Sketchy-Ext's ~148k images would
 224 px, so it decodes per epoch unless the budget is raised. The cache lives as long as the driver (a
 resumed run rebuilds it once; Ray Train worker-group restarts reuse it).
 
-Both give bit-identical batches: the cache stores the transform's output quantised back to the 8-bit
-pixels it was computed from (checked at build time) and normalises them exactly as
-``sbir.data.preprocess.to_tensor`` does.
+Both give bit-identical batches: the cache stores the transform's 8-bit pixels before normalisation
+(``ImageTransform.decode_pixels``) and normalises them exactly as ``sbir.data.preprocess.to_tensor`` does.
 
 This module is imported by every process that unpickles an epoch's Dataset, including the
 SplitCoordinator actor Ray Train starts for each epoch, so its top level imports no torch: that import
@@ -92,20 +91,11 @@ def _channel(values: tuple[float, ...]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).reshape(3, 1, 1)
 
 
-def to_uint8(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """Normalised float images (..., 3, H, W) -> the 8-bit pixels they were computed from.
-
-    Raises ValueError when the values are not a normalised 8-bit image (so caching them would be lossy).
-    """
-    scaled = (pixels * _channel(std) + _channel(mean)) * np.float32(255.0)
-    rounded = np.rint(scaled)
-    if scaled.size and float(np.abs(scaled - rounded).max()) > 0.01:
-        raise ValueError("the transform's output is not a normalised 8-bit image; it cannot be cached losslessly")
-    return np.clip(rounded, 0, 255).astype(np.uint8)
-
-
 def normalise(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """8-bit images (..., 3, H, W) -> float32, with the same float32 operations as ``preprocess.to_tensor``."""
+    """8-bit images (..., 3, H, W) -> float32, with the same float32 operations as ``preprocess.to_tensor``.
+
+    Kept here in NumPy so the gather tasks never import torch (seconds of start-up per worker process).
+    """
     return (np.asarray(pixels, dtype=np.float32) / 255.0 - _channel(mean)) / _channel(std)
 
 
@@ -148,11 +138,9 @@ def cache_budget_bytes(explicit: int | None = None) -> int:
 
 
 def _decode_to_uint8(batch: dict[str, np.ndarray], transform: ImageTransform) -> dict[str, np.ndarray]:
-    """Ray Data UDF: encoded images -> preprocessed uint8 pixels at model resolution."""
-    decoded = np.stack(
-        [transform.decode(data, str(m)).numpy() for data, m in zip(batch["image"], batch["modality"], strict=True)]
-    )
-    return {"path": batch["path"], "pixels": to_uint8(decoded, transform.mean, transform.std)}
+    """Ray Data UDF: encoded images -> uint8 pixels at model resolution, before normalisation."""
+    pixels = [transform.decode_pixels(data, str(m)) for data, m in zip(batch["image"], batch["modality"], strict=True)]
+    return {"path": batch["path"], "pixels": np.stack(pixels)}
 
 
 def _decode_tasks(num_images: int, size: int) -> int:
@@ -186,7 +174,8 @@ def _build_cache(prepared: str, transform: ImageTransform, paths: list[str]) -> 
         missing = [paths[i] for i in np.flatnonzero(~filled)[:5]]
         raise RuntimeError(f"{int((~filled).sum())} planned images are not in {prepared}, e.g. {missing}")
     node = ray.get_runtime_context().get_node_id()
-    return DecodedImages(ray.put(pixels), rows, node, size, transform.mean, transform.std)
+    mean, std = transform.normalisation
+    return DecodedImages(ray.put(pixels), rows, node, size, mean, std)
 
 
 _CACHED: dict[tuple, DecodedImages] = {}  # the latest run's cache, so every epoch of a run shares it

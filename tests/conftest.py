@@ -29,12 +29,13 @@ def tiny_zse(tiny_zse_cfg):
 @pytest.fixture
 def toy_batch():
     """Normalised toy sketches/photos (64 px) for 4 classes x 3 instances, with labels."""
-    from sbir.data.preprocess import zse_photo, zse_sketch
+    from sbir.data.preprocess import ImageTransform
     from sbir.data.toy_shapes import make_toy_set
 
     pairs = make_toy_set(list(range(4)), 3, seed=1, size=64)
-    sketches = torch.stack([zse_sketch(p.sketch, 64) for p in pairs])
-    photos = torch.stack([zse_photo(p.photo, 64) for p in pairs])
+    transform = ImageTransform("zse", 64)
+    sketches = torch.stack([transform(p.sketch, "sketch") for p in pairs])
+    photos = torch.stack([transform(p.photo, "photo") for p in pairs])
     labels = torch.tensor([p.label for p in pairs])
     return sketches, photos, labels
 

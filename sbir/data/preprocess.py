@@ -55,24 +55,22 @@ def pad_to_square(image: Image.Image, size: int, fill: tuple[int, int, int], res
     return canvas
 
 
-def zse_photo(image: Image.Image, size: int) -> torch.Tensor:
-    return to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+def zse_photo_pixels(image: Image.Image, size: int) -> Image.Image:
+    return image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
 
 
-def zse_sketch(image: Image.Image, size: int, threshold: int = 300, margin: int = 10) -> torch.Tensor:
+def zse_sketch_pixels(image: Image.Image, size: int, threshold: int = 300, margin: int = 10) -> Image.Image:
     image = image.convert("RGB")
     box = ink_bbox(image, threshold, margin)
     if box is not None:
         image = image.crop(box)
-    return to_tensor(pad_to_square(image, size, (255, 255, 255), Image.Resampling.BILINEAR))
+    return pad_to_square(image, size, (255, 255, 255), Image.Resampling.BILINEAR)
 
 
-def clip_image(
-    image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], pad_fill: int = 0
-) -> torch.Tensor:
-    """CLIP-AT preprocessing for either modality."""
+def clip_pixels(image: Image.Image, size: int, pad_fill: int = 0) -> Image.Image:
+    """CLIP-AT geometry for either modality (normalisation is separate)."""
     fill = (pad_fill, pad_fill, pad_fill)
-    return to_tensor(pad_to_square(image.convert("RGB"), size, fill, Image.Resampling.BICUBIC), mean, std)
+    return pad_to_square(image.convert("RGB"), size, fill, Image.Resampling.BICUBIC)
 
 
 @dataclass(frozen=True)
@@ -87,14 +85,28 @@ class ImageTransform:
     ink_threshold: int = 300
     ink_margin: int = 10
 
-    def __call__(self, image: Image.Image, modality: str) -> torch.Tensor:
+    @property
+    def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(mean, std) applied to the 8-bit pixels: the model's for CLIP-AT, always 0.5 / 0.5 for ZSE-SBIR."""
+        return (self.mean, self.std) if self.kind == "clip" else (HALF, HALF)
+
+    def pixels(self, image: Image.Image, modality: str) -> Image.Image:
+        """The 8-bit RGB size x size image before normalisation (crop, resize, pad)."""
         if self.kind == "clip":
-            return clip_image(image, self.size, self.mean, self.std, self.pad_fill)
+            return clip_pixels(image, self.size, self.pad_fill)
         if modality == "sketch":
-            return zse_sketch(image, self.size, self.ink_threshold, self.ink_margin)
-        return zse_photo(image, self.size)
+            return zse_sketch_pixels(image, self.size, self.ink_threshold, self.ink_margin)
+        return zse_photo_pixels(image, self.size)
+
+    def __call__(self, image: Image.Image, modality: str) -> torch.Tensor:
+        return to_tensor(self.pixels(image, modality), *self.normalisation)
 
     def decode(self, data: bytes, modality: str) -> torch.Tensor:
         """Encoded image bytes (as stored in prepared shards) -> normalised tensor."""
         with Image.open(io.BytesIO(data)) as image:
             return self(image.convert("RGB"), modality)
+
+    def decode_pixels(self, data: bytes, modality: str) -> np.ndarray:
+        """Encoded image bytes -> the uint8 3 x size x size pixels that ``decode`` normalises."""
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(self.pixels(image.convert("RGB"), modality), dtype=np.uint8).transpose(2, 0, 1)
