@@ -11,13 +11,15 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray.train
 import ray.train.torch
 import torch
 
+from pipelines.prefetch import EpochPrefetcher
 from pipelines.rows import collect
 from pipelines.streams import iter_epoch
 from sbir.checkpoint import save_checkpoint
@@ -89,6 +91,50 @@ def _cpu(encoding):
     return encoding.to("cpu") if hasattr(encoding, "to") else encoding
 
 
+class EpochTotals(NamedTuple):
+    """What one epoch of optimizer steps adds up to on this rank."""
+
+    sums: dict[str, float]  # loss parts summed over micro-batches
+    micro: int  # micro-batches trained
+    images: int  # sketches + photos consumed
+    waited: float  # seconds spent waiting for the next batch
+    seconds: float  # wall time of the epoch's steps
+
+
+def _train_epoch(ddp, batches: Iterator[dict], optimizer, scheduler, scaler, train, world: int, device) -> EpochTotals:
+    """Train on every batch of one epoch shard, stepping the optimizer every `train.grad_accum` micro-batches."""
+    accum = train.grad_accum
+    sums: dict[str, float] = {}
+    micro = images = 0
+    waited = 0.0
+    started = time.perf_counter()
+    while True:
+        tick = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - tick
+        if batch is None:
+            break
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "batch"}
+        sync = (micro + 1) % accum == 0
+        no_sync = ddp.no_sync() if (world > 1 and not sync and hasattr(ddp, "no_sync")) else contextlib.nullcontext()
+        with no_sync, _autocast(train.precision, device):
+            parts = ddp(batch)
+        scaler.scale(parts["loss"] / accum).backward() if scaler.is_enabled() else (parts["loss"] / accum).backward()
+        if sync:
+            if scaler.is_enabled():
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        micro += 1
+        images += int(batch["sketch"].shape[0]) * 2
+    return EpochTotals(sums, micro, images, waited, time.perf_counter() - started)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point (runs on every worker)."""
     config = Config.model_validate(loop_config["config"])
@@ -119,44 +165,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracker = Tracker.attach(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
 
     val_images = None
-    accum = train.grad_accum
-    for epoch in range(state["epoch"], train.epochs):
-        shard = ray.train.get_dataset_shard(epoch_dataset_name(epoch))
+    epochs = range(state["epoch"], train.epochs)
+    shards = {e: ray.train.get_dataset_shard(epoch_dataset_name(e)) for e in epochs}
+    # The next epoch opens while this one trains: its dataset start-up overlaps compute instead of stalling.
+    prefetch = EpochPrefetcher(lambda e: iter_epoch(shards[e]), epochs)
+    for epoch in epochs:
         ddp.train()
-        sums: dict[str, float] = {}
-        micro = images = 0
-        waited = 0.0
-        started = time.perf_counter()
-        batches = iter_epoch(shard)
-        while True:
-            tick = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - tick
-            if batch is None:
-                break
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "batch"}
-            sync = (micro + 1) % accum == 0
-            no_sync = (
-                ddp.no_sync() if (world > 1 and not sync and hasattr(ddp, "no_sync")) else contextlib.nullcontext()
-            )
-            with no_sync, _autocast(train.precision, device):
-                parts = ddp(batch)
-            scaler.scale(parts["loss"] / accum).backward() if scaler.is_enabled() else (
-                parts["loss"] / accum
-            ).backward()
-            if sync:
-                if scaler.is_enabled():
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            for name, value in parts.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            micro += 1
-            images += int(batch["sketch"].shape[0]) * 2
-        seconds = time.perf_counter() - started
+        sums, micro, images, waited, seconds = _train_epoch(
+            ddp, prefetch.epoch(epoch), optimizer, scheduler, scaler, train, world, device
+        )
         if micro == 0:
             raise RuntimeError(f"rank {rank} got no batches for epoch {epoch + 1}; check steps_per_epoch and workers")
         loss = sums["loss"] / micro
