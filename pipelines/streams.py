@@ -48,7 +48,6 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +63,7 @@ STREAM_CPUS = 0.25  # logical CPUs per read/decode/gather task, so streams fit b
 # Concurrent gather tasks per epoch. Gathering is cheap; more tasks only start more worker processes
 # (each pays Python/Ray Data imports on first use), which on 2 cores costs more than it brings.
 GATHER_CONCURRENCY = 2
+NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node: its node id (ray.util.placement_group)
 CACHE_BUDGET_ENV = "SBIR_STREAM_CACHE_BYTES"
 DEFAULT_CACHE_BUDGET = 2 * 1024**3
 CACHE_STORE_FRACTION = 0.25  # at most this share of the cluster's object store holds decoded images
@@ -279,8 +279,9 @@ def _cached_epoch(
         batch_format="numpy",
         num_cpus=STREAM_CPUS,
         compute=ray.data.TaskPoolStrategy(size=GATHER_CONCURRENCY),
-        # Gather where the array lives: a task elsewhere would first copy the whole array to its node.
-        scheduling_strategy=NodeAffinitySchedulingStrategy(images.node_id, soft=True),
+        # Gather where the array lives: a task elsewhere would first copy the whole array to its node. (The array
+        # was put by the driver, so it lives as long as that node does.)
+        label_selector={NODE_ID_LABEL: images.node_id},
     )
 
 
