@@ -4,9 +4,10 @@ In-process (no Ray), so only the model and the loss are measured: each arm train
 P x K batches of the seen classes of a synthetic dataset and reports unseen-class (and seen-class)
 mAP@all of ``ret`` retrieval at a few step counts. Arms:
 
-* ``synthetic_zse`` and ``synthetic_clip_at`` with their own objectives (``TrainingObjective``);
-* the same two models with a supervised InfoNCE loss on their retrieval embeddings, to separate the
-  loss from the architecture;
+* ``synthetic_zse`` and ``synthetic_clip_at`` with their own objectives (``TrainingObjective``), once with
+  the presets' conv-BN stem and once with the paper's patch embedding (``stem: patch``);
+* the same two models (conv-BN stem) with a supervised InfoNCE loss on their retrieval embeddings, to
+  separate the loss from the architecture;
 * a reference 4-layer CNN (not part of sbir) with the same InfoNCE loss, to show whether the
   synthetic data supports zero-shot transfer at all.
 
@@ -119,9 +120,10 @@ def sbir_embed(model: nn.Module) -> Embed:
 def build_arms(config: Config, train_classes: list[str], lr: float) -> list[Callable[[], Arm]]:
     """Factories, so each arm builds (and seeds) its model only when it runs."""
 
-    def sbir_arm(preset: str, objective: str) -> Callable[[], Arm]:
+    def sbir_arm(preset: str, objective: str, stem: str) -> Callable[[], Arm]:
         def make() -> Arm:
-            cfg = load_config(preset, [])
+            method = load_config(preset, []).model.method
+            cfg = load_config(preset, [f"model.{method}.stem={stem}"])
             torch.manual_seed(cfg.train.seed)
             kwargs = {} if cfg.model.method == "zse" else {"class_names": train_classes}
             model = build_model(cfg.model, load_pretrained=False, **kwargs)
@@ -133,7 +135,7 @@ def build_arms(config: Config, train_classes: list[str], lr: float) -> list[Call
                     return training(batch)["loss"]
             else:
                 loss = info_nce(embed)
-            return Arm(f"{preset} ({objective} loss)", model, embed, image_transform(cfg, model), loss,
+            return Arm(f"{preset}, {stem} stem ({objective} loss)", model, embed, image_transform(cfg, model), loss,
                        build_optimizer(model, cfg))  # fmt: skip
 
         return make
@@ -146,10 +148,12 @@ def build_arms(config: Config, train_classes: list[str], lr: float) -> list[Call
         return Arm("reference CNN (InfoNCE)", model, model, transform, info_nce(model), optimizer)
 
     return [
-        sbir_arm("synthetic_zse", "own"),
-        sbir_arm("synthetic_zse", "InfoNCE"),
-        sbir_arm("synthetic_clip_at", "own"),
-        sbir_arm("synthetic_clip_at", "InfoNCE"),
+        sbir_arm("synthetic_zse", "own", "conv_bn"),
+        sbir_arm("synthetic_zse", "own", "patch"),
+        sbir_arm("synthetic_zse", "InfoNCE", "conv_bn"),
+        sbir_arm("synthetic_clip_at", "own", "conv_bn"),
+        sbir_arm("synthetic_clip_at", "own", "patch"),
+        sbir_arm("synthetic_clip_at", "InfoNCE", "conv_bn"),
         cnn_arm,
     ]
 
@@ -222,9 +226,12 @@ every unseen-class photo; seen = a third of the training sketches against a thir
 
 {table}
 
-*own loss* is the preset's training objective (ZSE-SBIR: 2 x triplet + 4 x relation MSE; CLIP-AT: its category-level
-triplet + classification objective). *InfoNCE* replaces it with a supervised symmetric InfoNCE (temperature 0.1) on the
-same retrieval embedding. The reference CNN (4 conv-BN-ReLU-maxpool blocks, global average pooling, shared by
+Each arm is the preset as shipped except for its `stem`: *conv_bn* is the presets' setting
+(`sbir/models/conv_stem.py`: 3x3 conv-BN-ReLU-maxpool stages in place of the patch embedding), *patch* the papers'
+patch embedding. *own loss* is the preset's training objective (ZSE-SBIR: triplet on both features + relation
+MSE; CLIP-AT: its category-level triplet + classification objective). *InfoNCE* replaces it with a supervised
+symmetric InfoNCE (temperature 0.1) on the same retrieval embedding.
+The reference CNN (4 conv-BN-ReLU-maxpool blocks, global average pooling, shared by
 both modalities, AdamW lr {args.lr}) is not part of sbir: it is the yardstick that shows whether the data allows
 zero-shot transfer from scratch in this step budget.
 """
