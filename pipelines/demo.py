@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEMO_DATA = {
     "num_classes": 60,
     "sketches_per_class": 8,
-    "photos_per_class": 8,
+    "photos_per_class": 30,  # unseen gallery 12 x 30 = 360 photos, so P@100 can tell rankings apart
     "image_size": 64,
     "unseen_fraction": 0.2,
 }
