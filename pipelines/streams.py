@@ -1,9 +1,11 @@
-"""Class-balanced P x K training batches from prepared shards, one Ray Dataset per epoch.
+"""Class-balanced P x K training batches from prepared shards, one Ray Dataset per epoch and worker.
 
-Each epoch's plan (``sbir.data.batches.plan_epoch``) is made on the driver from metadata only, and the
-epoch's Dataset has one row per planned batch (sketch, photo, sketch_label, photo_label, batch). Rows
-are whole batches, so Ray Train's per-worker shards (``get_dataset_shard``) hand each worker distinct,
-complete batches and no worker materialises the epoch.
+Each epoch's plan (``sbir.data.batches.plan_epoch``) is made on the driver from metadata only, and its
+Datasets have one row per planned batch (sketch, photo, sketch_label, photo_label, batch). Rows are
+whole batches. ``epoch_shards`` deals an epoch's batches to the training workers by index (worker r gets
+batches r, r + n, ...), one Dataset each, so which worker trains which batch depends only on the seed
+(and, from the cache, in what order too: multi-worker runs are reproducible), and no worker materialises
+the epoch.
 
 Two ways to fill the rows, chosen once per run and logged:
 
@@ -13,8 +15,7 @@ Two ways to fill the rows, chosen once per run and logged:
   indices whose map tasks (on that node) gather and normalise their batches from the array: no
   re-reading, no re-decoding and no shuffle. Measured on the 64 px demo data (2 cores): an epoch of 720
   images took 16-38 s to read -> expand -> groupby -> decode, nearly all of it hash-shuffle and
-  worker-process start-up, while decoding them in-process takes 0.3 s; a cached epoch takes ~0.4 s,
-  or ~2.5 s behind ``streaming_split`` (Ray Train's per-epoch SplitCoordinator actor start-up).
+  worker-process start-up, while decoding them in-process takes 0.3 s; a cached epoch takes ~0.4 s.
 * Decoded per epoch (the fallback over the budget): read the shards, expand every row into the batch
   slots the plan gives it, group rows by batch and decode each group into one batch row.
 
@@ -28,9 +29,9 @@ resumed run rebuilds it once; Ray Train worker-group restarts reuse it).
 Both give bit-identical batches: the cache stores the transform's 8-bit pixels before normalisation
 (``ImageTransform.decode_pixels``) and normalises them exactly as ``sbir.data.preprocess.to_tensor`` does.
 
-This module is imported by every process that unpickles an epoch's Dataset, including the
-SplitCoordinator actor Ray Train starts for each epoch, so its top level imports no torch: that import
-alone measured ~2 s of extra start-up per epoch. torch, the preprocessing and the prepared-shard
+This module is imported by every process that unpickles an epoch's Dataset (Ray Data tasks, and
+formerly the SplitCoordinator actor Ray Train started per split epoch), so its top level imports no torch:
+that import alone measured ~2 s of extra start-up per epoch. torch, the preprocessing and the prepared-shard
 reader are imported where they are used.
 """
 
@@ -40,7 +41,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -264,10 +265,11 @@ def _gather(
 
 
 def _cached_epoch(
-    images: DecodedImages, plan: Mapping[str, list[Slot]], spec: BatchSpec, num_batches: int, labels: Mapping[str, int]
+    images: DecodedImages, table: Mapping[str, np.ndarray], batch_ids: Sequence[int], spec: BatchSpec
 ) -> ray.data.Dataset:
-    table = slot_table(plan, spec.batch_size, num_batches, images.rows, labels)
-    items = [{key: value[b] for key, value in table.items()} for b in range(num_batches)]
+    """The batches `batch_ids` of an epoch's slot table, gathered from the decoded-image array."""
+    items = [{key: value[b] for key, value in table.items()} for b in batch_ids]
+    num_batches = len(items)
     batch_bytes = 2 * spec.batch_size * 3 * images.size * images.size * 4
     per_block = max(1, min(BLOCK_BYTES // batch_bytes, math.ceil(num_batches / MIN_BLOCKS)))
     ds = ray.data.from_items(items, override_num_blocks=math.ceil(num_batches / per_block))
@@ -366,6 +368,41 @@ def _assemble(group: dict[str, np.ndarray], transform: ImageTransform, batch_siz
 # --------------------------------------------------------------------------- public API
 
 
+def epoch_shards(
+    prepared: str,
+    spec: BatchSpec,
+    transform: ImageTransform,
+    num_batches: int,
+    seed: int,
+    epoch: int,
+    metadata: list[dict] | None = None,
+    *,
+    shards: int = 1,
+    cache_budget: int | None = None,
+) -> list[ray.data.Dataset]:
+    """The `num_batches` planned batches of one epoch, dealt into `shards` Datasets by batch index.
+
+    Shard r holds batches r, r + shards, r + 2 * shards, ... (one shard per training worker). From the cache,
+    read with ``preserve_order`` (as training does), a shard yields them in that order on every run; decoded
+    per epoch, their order follows the group-by shuffle.
+    Gathered from the run's decoded-image cache when it fits `cache_budget` bytes (see ``cache_budget_bytes()``
+    for the default; 0 disables it), else read and decoded from the shards for this epoch alone.
+    """
+    from sbir.data.batches import plan_epoch
+
+    if shards < 1 or num_batches < shards:
+        raise ValueError(f"cannot deal {num_batches} batches to {shards} shards: every shard needs at least one")
+    meta = metadata if metadata is not None else training_metadata(prepared)
+    plan = plan_epoch(meta, spec, num_batches, seed, epoch)
+    dealt = [range(r, num_batches, shards) for r in range(shards)]
+    images = decoded_images(prepared, transform, meta, cache_budget)
+    if images is None:
+        return [_decoding_epoch(prepared, _restrict(plan, ids), spec, transform, len(ids)) for ids in dealt]
+    labels = {str(m["path"]): int(m["class_id"]) for m in meta}
+    table = slot_table(plan, spec.batch_size, num_batches, images.rows, labels)
+    return [_cached_epoch(images, table, ids, spec) for ids in dealt]
+
+
 def epoch_batches(
     prepared: str,
     spec: BatchSpec,
@@ -377,20 +414,17 @@ def epoch_batches(
     *,
     cache_budget: int | None = None,
 ) -> ray.data.Dataset:
-    """A Dataset whose rows are the `num_batches` planned batches of one epoch.
+    """A Dataset whose rows are all `num_batches` planned batches of one epoch (``epoch_shards`` with one shard)."""
+    return epoch_shards(
+        prepared, spec, transform, num_batches, seed, epoch, metadata, shards=1, cache_budget=cache_budget
+    )[0]
 
-    Gathered from the run's decoded-image cache when it fits `cache_budget` bytes (see ``cache_budget_bytes()``
-    for the default; 0 disables it), else read and decoded from the shards for this epoch alone.
-    """
-    from sbir.data.batches import plan_epoch
 
-    meta = metadata if metadata is not None else training_metadata(prepared)
-    plan = plan_epoch(meta, spec, num_batches, seed, epoch)
-    images = decoded_images(prepared, transform, meta, cache_budget)
-    if images is None:
-        return _decoding_epoch(prepared, plan, spec, transform, num_batches)
-    labels = {str(m["path"]): int(m["class_id"]) for m in meta}
-    return _cached_epoch(images, plan, spec, num_batches, labels)
+def _restrict(plan: Mapping[str, list[Slot]], batch_ids: range) -> dict[str, list[Slot]]:
+    """The part of a plan that fills the batches `batch_ids`."""
+    keep = set(batch_ids)
+    restricted = {path: [slot for slot in slots if slot[0] in keep] for path, slots in plan.items()}
+    return {path: slots for path, slots in restricted.items() if slots}
 
 
 def iter_epoch(ds: ray.data.Dataset) -> Iterator[dict[str, torch.Tensor]]:

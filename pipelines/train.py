@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray.data
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -22,7 +23,7 @@ from pipelines import storage
 from pipelines.prepare import prepare_dataset, read_manifest
 from pipelines.ray_runtime import ensure_ray
 from pipelines.rows import role_dataset
-from pipelines.streams import epoch_batches, training_metadata
+from pipelines.streams import epoch_shards, training_metadata
 from pipelines.train_loop import NOT_VALIDATED, epoch_dataset_name, read_history, train_loop_per_worker
 from sbir.checkpoint import save_checkpoint
 from sbir.config import Config, dump_config
@@ -100,7 +101,7 @@ def _storage_path(config: Config) -> str:
 
 
 def build_trainer(config: Config, prepared: str, run_name: str, loop_extra: dict[str, Any]) -> TorchTrainer:
-    """The TorchTrainer: one dataset per epoch plus the validation rows, resources and backend from config."""
+    """The TorchTrainer: a dataset per epoch and worker, the validation rows, resources and backend from config."""
     train = config.train
     manifest = read_manifest(prepared)
     classes = manifest["classes"]
@@ -110,12 +111,14 @@ def build_trainer(config: Config, prepared: str, run_name: str, loop_extra: dict
     metadata = training_metadata(prepared)
     workers = max(1, train.num_workers)
     per_epoch = train.steps_per_epoch * workers * train.grad_accum
-    datasets = {
-        epoch_dataset_name(e): epoch_batches(
-            prepared, spec, transform, per_epoch, seed=train.seed, epoch=e, metadata=metadata
-        )
-        for e in range(train.epochs)
-    }
+    # Each worker gets its own dataset per epoch (batches dealt by index), read in order: which worker trains
+    # which batch, and when, then depends only on the seed, so multi-worker runs are reproducible.
+    datasets: dict[str, ray.data.Dataset] = {}
+    for e in range(train.epochs):
+        shards = epoch_shards(prepared, spec, transform, per_epoch, train.seed, e, metadata, shards=workers)
+        datasets |= {epoch_dataset_name(e, rank): shard for rank, shard in enumerate(shards)}
+    in_order = ray.train.DataConfig.default_ingest_options()
+    in_order.preserve_order = True
     val_roles = ("test",) if train.model_selection == "unseen_test" else (("val",) if classes.get("val") else ())
     if not val_roles:
         logger.warning("no validation classes (data.val_fraction=0): the latest checkpoint is kept as the best")
@@ -146,7 +149,9 @@ def build_trainer(config: Config, prepared: str, run_name: str, loop_extra: dict
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[epoch_dataset_name(e) for e in range(train.epochs)]),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=[], execution_options={name: in_order for name in datasets if name != "val"}
+        ),
     )
 
 

@@ -1,7 +1,7 @@
 """The per-worker Ray Train loop: DDP training on P x K batch shards, validation, checkpoints, metrics.
 
-Every epoch has its own dataset (``train_epoch_NNNN``) so a restarted worker group resumes at the
-first epoch its checkpoint has not finished, and no epoch is trained twice.
+Every epoch has its own dataset per worker (``train_epoch_NNNN_rank_RRR``) so a restarted worker group
+resumes at the first epoch its checkpoint has not finished, and no epoch is trained twice.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ STATE_FILE = "train_state.pt"
 NOT_VALIDATED = -1.0  # val_score of epochs without validation (worse than any metric in [0, 1])
 
 
-def epoch_dataset_name(epoch: int) -> str:
-    return f"train_epoch_{epoch:04d}"
+def epoch_dataset_name(epoch: int, rank: int) -> str:
+    return f"train_epoch_{epoch:04d}_rank_{rank:03d}"
 
 
 def _autocast(precision: str, device: torch.device):
@@ -166,7 +166,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     val_images = None
     epochs = range(state["epoch"], train.epochs)
-    shards = {e: ray.train.get_dataset_shard(epoch_dataset_name(e)) for e in epochs}
+    shards = {e: ray.train.get_dataset_shard(epoch_dataset_name(e, rank)) for e in epochs}
     # The next epoch opens while this one trains: its dataset start-up overlaps compute instead of stalling.
     prefetch = EpochPrefetcher(lambda e: iter_epoch(shards[e]), epochs)
     for epoch in epochs:

@@ -14,6 +14,7 @@ from pipelines.streams import (
     cache_bytes,
     decoded_images,
     epoch_batches,
+    epoch_shards,
     iter_epoch,
     normalise,
     training_metadata,
@@ -118,30 +119,36 @@ def test_fine_grained_batches_pair_sketches_with_their_photos(prepared):
         assert b["sketch_label"].tolist() == b["photo_label"].tolist()
 
 
-@pytest.mark.parametrize(("cache_budget", "equal"), [(None, True), (0, False)], ids=["cached", "decoded"])
-def test_workers_get_disjoint_complete_batches(prepared, cache_budget, equal):
-    ds = epoch_batches(
-        prepared, BatchSpec(2, 2), ImageTransform("zse", 64), 6, seed=1, epoch=1, cache_budget=cache_budget
-    )
-    shards = ds.streaming_split(2, equal=equal)  # Ray Train splits with equal=True
-    seen: list[list[int]] = [[], []]
-    sizes: set[tuple[int, ...]] = set()
+@pytest.mark.parametrize("cache_budget", [None, 0], ids=["cached", "decoded"])
+def test_epoch_shards_deal_batches_by_index(prepared, cache_budget):
+    spec, transform, meta = BatchSpec(2, 2), ImageTransform("zse", 64), training_metadata(prepared)
+    whole = {int(b["batch"]): b for b in iter_epoch(epoch_batches(prepared, spec, transform, 6, 1, 1, meta))}
 
-    def consume(i: int) -> None:  # Ray Train workers consume their shards concurrently
-        for b in iter_epoch(shards[i]):
-            seen[i].append(int(b["batch"]))
-            sizes.update({tuple(b["sketch"].shape), tuple(b["photo"].shape)})
+    def read_shards() -> list[list[dict]]:
+        shards = epoch_shards(prepared, spec, transform, 6, 1, 1, meta, shards=2, cache_budget=cache_budget)
+        got: list[list[dict]] = [[], []]
 
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == list(range(6))
-    assert sizes == {(4, 3, 64, 64)}  # whole batches, never split across workers
-    if equal:
-        assert len(seen[0]) == len(seen[1]) == 3
+        def consume(rank: int) -> None:  # Ray Train workers read their own shards concurrently, in order
+            shards[rank].context.execution_options.preserve_order = True
+            got[rank] = list(iter_epoch(shards[rank]))
+
+        threads = [threading.Thread(target=consume, args=(rank,)) for rank in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        return got
+
+    first, again = read_shards(), read_shards()
+    order = [[int(b["batch"]) for b in batches] for batches in first]
+    assert [sorted(ids) for ids in order] == [[0, 2, 4], [1, 3, 5]]  # the same batches on every read
+    if cache_budget is None:  # from the cache, also in index order on every read
+        assert order == [[int(b["batch"]) for b in batches] for batches in again] == [[0, 2, 4], [1, 3, 5]]
+    for batch in first[0] + first[1]:  # whole batches, the same as in the unsharded epoch
+        assert all(torch.equal(batch[key], whole[int(batch["batch"])][key]) for key in batch)
+
+    with pytest.raises(ValueError, match="3 batches to 4 shards"):
+        epoch_shards(prepared, spec, transform, 3, 1, 1, meta, shards=4)
 
 
 def test_training_input_reads_from_s3(ray_cluster, s3_server, toy_split, caplog):
