@@ -213,9 +213,8 @@ equal micro-batches). *input wait* is the share of that epoch time rank 0 spent 
 (`input_wait_share`, time-weighted over the epochs). *wall time* is the whole `run_training` call: Ray
 Train worker-group start-up, every epoch with validation and checkpoints, and MLflow tracking.
 {"; ".join(speedups) + "." if speedups else ""}
-Every epoch is its own Ray Data dataset, and starting one costs a couple of seconds; each worker opens the next
-epoch's shard while the current epoch trains (`pipelines/prefetch.py`), so from epoch 2 on that start-up overlaps
-compute instead of showing as input wait. Epoch 1 also builds the decoded-image cache.
+Each worker reads its own dataset per epoch (`pipelines.streams.epoch_shards`: batches dealt by index, read in
+order), so no split coordinator starts per epoch. Epoch 1 also builds the decoded-image cache.
 
 {load_note}
 """

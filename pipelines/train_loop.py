@@ -19,7 +19,6 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.prefetch import EpochPrefetcher
 from pipelines.rows import collect
 from pipelines.streams import iter_epoch
 from sbir.checkpoint import save_checkpoint
@@ -167,12 +166,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_images = None
     epochs = range(state["epoch"], train.epochs)
     shards = {e: ray.train.get_dataset_shard(epoch_dataset_name(e, rank)) for e in epochs}
-    # The next epoch opens while this one trains: its dataset start-up overlaps compute instead of stalling.
-    prefetch = EpochPrefetcher(lambda e: iter_epoch(shards[e]), epochs)
     for epoch in epochs:
         ddp.train()
         sums, micro, images, waited, seconds = _train_epoch(
-            ddp, prefetch.epoch(epoch), optimizer, scheduler, scaler, train, world, device
+            ddp, iter_epoch(shards[epoch]), optimizer, scheduler, scaler, train, world, device
         )
         if micro == 0:
             raise RuntimeError(f"rank {rank} got no batches for epoch {epoch + 1}; check steps_per_epoch and workers")
