@@ -4,9 +4,9 @@ Writes the synthetic dataset at full size (100 classes x 40 sketches + 40 photos
 prepares it into Parquet shards on a local Ray cluster and streams decoded, transformed training batches
 for `--epochs` epochs, reporting images/s for each stage. The stream is measured with the decoded-image
 cache (`--cache-budget`, default: `pipelines.streams`' budget) and, with `--compare`, also decoding every
-epoch (`--cache-budget 0`). `--consumers 2` splits each epoch the way Ray Train does for 2 workers
-(`streaming_split(2, equal=True)`, one thread per shard). Optionally writes a ``## Data`` section of a
-Markdown file.
+epoch (`--cache-budget 0`). `--consumers 2` deals each epoch to 2 readers the way training does for 2
+workers (`epoch_shards(..., shards=2)`, one thread per shard, read in order). Optionally writes a
+``## Data`` section of a Markdown file.
 
     .venv/bin/python bench/bench_data.py --write docs/benchmarks.md
     # the demo's training input: 64 px, 30 batches of 12 + 12 images per epoch, 2 Ray Train workers
@@ -31,7 +31,7 @@ from report import machine_line, write_section
 
 from pipelines.prepare import prepare_dataset
 from pipelines.ray_runtime import ensure_ray
-from pipelines.streams import epoch_batches, iter_epoch, training_metadata
+from pipelines.streams import epoch_shards, iter_epoch, training_metadata
 from sbir.data.batches import BatchSpec
 from sbir.data.preprocess import ImageTransform
 from sbir.data.readers import read_split
@@ -53,17 +53,15 @@ class StreamRun:
         return self.images_per_epoch * len(times) / sum(times) if times else float("nan")
 
 
-def consume(ds: ray.data.Dataset, consumers: int) -> int:
-    """Images in one epoch, read by `consumers` concurrent shard readers (Ray Train's split when > 1)."""
-    if consumers == 1:
-        return sum(int(b["sketch"].shape[0]) + int(b["photo"].shape[0]) for b in iter_epoch(ds))
-    shards = ds.streaming_split(consumers, equal=True)
-    counts = [0] * consumers
+def consume(shards: list[ray.data.Dataset]) -> int:
+    """Images in one epoch, each worker's shard read in order by its own thread (as Ray Train workers do)."""
+    counts = [0] * len(shards)
 
     def read(i: int) -> None:
+        shards[i].context.execution_options.preserve_order = True
         counts[i] = sum(int(b["sketch"].shape[0]) + int(b["photo"].shape[0]) for b in iter_epoch(shards[i]))
 
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(consumers)]
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(shards))]
     for t in threads:
         t.start()
     for t in threads:
@@ -79,10 +77,10 @@ def stream(prepared: str, args: argparse.Namespace, label: str, cache_budget: in
     seconds, images = [], 0
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
-        ds = epoch_batches(
-            prepared, spec, transform, args.batches, seed=0, epoch=epoch, metadata=meta, cache_budget=cache_budget
+        shards = epoch_shards(
+            prepared, spec, transform, args.batches, 0, epoch, meta, shards=args.consumers, cache_budget=cache_budget
         )
-        images = consume(ds, args.consumers)
+        images = consume(shards)
         seconds.append(time.perf_counter() - t0)
         print(f"stream [{label}] epoch {epoch + 1}: {images} images, {seconds[-1]:.1f} s, {images / seconds[-1]:.0f}/s")
     return StreamRun(label, seconds, images)
@@ -165,9 +163,9 @@ Dataset: {args.classes} classes x {args.per_class} sketches + {args.per_class} p
 `sbir data prepare` with Ray Data on a local 2-CPU cluster (decode check + Parquet shards + manifest):
 **{n_rows / prep_s:.0f} images/s** ({n_rows:,} images in {prep_s:.1f} s, cluster start excluded).
 
-Training stream (`epoch_batches`, P x K = {args.classes_per_batch} x {args.items_per_class} per modality,
-ZSE-SBIR transform at {args.image_size} px, {args.batches} batches per epoch, {args.consumers} consumer(s),
-{args.epochs} epochs, one Ray Data execution per epoch as in training):
+Training stream (`epoch_shards`, P x K = {args.classes_per_batch} x {args.items_per_class} per modality,
+ZSE-SBIR transform at {args.image_size} px, {args.batches} batches per epoch dealt to {args.consumers} reader(s),
+{args.epochs} epochs, one Ray Data execution per epoch and reader as in training):
 
 | stream | epoch 1 (s) | epoch 1 images/s | epochs 2-{args.epochs} images/s |
 |---|---:|---:|---:|

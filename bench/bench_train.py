@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=40)
     ap.add_argument("--per-class", type=int, default=8, help="sketches and photos per class")
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps", type=int, default=10, help="train.steps_per_epoch (optimizer steps per worker)")
     ap.add_argument("--batch-size", type=int, default=24, help="global batch (pairs), split across workers")
     ap.add_argument("--items-per-class", type=int, default=3)
