@@ -7,6 +7,7 @@ everything to MLflow and registers the checkpoint as a model version.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -117,7 +118,8 @@ def build_trainer(config: Config, prepared: str, run_name: str, loop_extra: dict
     for e in range(train.epochs):
         shards = epoch_shards(prepared, spec, transform, per_epoch, train.seed, e, metadata, shards=workers)
         datasets |= {epoch_dataset_name(e, rank): shard for rank, shard in enumerate(shards)}
-    in_order = ray.train.DataConfig.default_ingest_options()
+    # The context's options, as Ray Train's default_ingest_options copies them (without its deprecation warning).
+    in_order = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
     in_order.preserve_order = True
     val_roles = ("test",) if train.model_selection == "unseen_test" else (("val",) if classes.get("val") else ())
     if not val_roles:
