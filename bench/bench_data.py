@@ -33,9 +33,9 @@ from pipelines.prepare import prepare_dataset
 from pipelines.ray_runtime import ensure_ray
 from pipelines.streams import epoch_shards, iter_epoch, training_metadata
 from sbir.data.batches import BatchSpec
-from sbir.data.preprocess import ImageTransform
 from sbir.data.readers import read_split
 from sbir.data.synth import write_synthetic_dataset
+from sbir.inference.transforms import ImageTransform
 
 SECTION = "## Data"
 
@@ -129,7 +129,7 @@ def main() -> None:
         t0 = time.perf_counter()
         manifest = prepare_dataset(split, str(work / "prepared"), source=f"sketchy:{root}")
         prep_s = time.perf_counter() - t0
-        n_rows = manifest["num_rows"]
+        n_rows = manifest.num_rows
         print(f"prepare: {n_rows} images in {prep_s:.1f} s, {n_rows / prep_s:.0f} images/s")
 
         prepared = str(work / "prepared")

@@ -3,7 +3,7 @@
 Loads a trained ZSE-SBIR checkpoint (``--checkpoint``, e.g. the best checkpoint of ``make demo``) or builds
 the tiny model of the ``synthetic_zse`` preset with random weights (seed 0), encodes a sketch query set and a
 photo gallery from the built-in synthetic generator (or random images with ``--data random``) once, then
-times ``ZSEGallery.score_matrix`` in each mode for several gallery sizes and computes mAP@all with
+times ``RelationGallery.score_matrix`` in each mode for several gallery sizes and computes mAP@all with
 ``sbir.metrics.compute_metrics``. With a checkpoint, queries and gallery come only from classes the model
 never trained on (neither its seen nor its validation classes), so mAP@all is zero-shot. Optionally writes a
 ``## Evaluation: rn vs rn_rerank`` section of a Markdown file.
@@ -31,12 +31,14 @@ from report import machine_line, write_section
 
 from sbir.checkpoint import load_checkpoint
 from sbir.config import load_config
-from sbir.data.preprocess import ImageTransform
 from sbir.data.readers import read_split
 from sbir.data.synth import category_catalogue, write_synthetic_dataset
+from sbir.inference.encoder import Encoder
+from sbir.inference.gallery import GalleryItem, RelationGallery
+from sbir.inference.transforms import ImageTransform
+from sbir.methods import get_family
 from sbir.metrics import compute_metrics
 from sbir.models.zse import ZSESBIR
-from sbir.retrieval.zse_search import ZSEGallery, encode_in_batches
 
 SECTION = "## Evaluation: rn vs rn_rerank"
 PRESET = "synthetic_zse"
@@ -185,8 +187,9 @@ def main() -> None:
         raise SystemExit(f"only {len(photos)} photos for a gallery of {max(args.galleries)}")
 
     t0 = time.perf_counter()
-    query_enc = encode_in_batches(model, sketches, "sketch")
-    photo_enc = encode_in_batches(model, photos[: max(args.galleries)], "photo")
+    encoder = Encoder(model, get_family("zse"), ImageTransform("zse", size))
+    query_enc = encoder.encode(sketches, "sketch")
+    photo_enc = encoder.encode(photos[: max(args.galleries)], "photo")
     encode_s = time.perf_counter() - t0
     n_encoded = len(sketches) + max(args.galleries)
     print(f"encoded {n_encoded} images in {encode_s:.1f} s")
@@ -198,7 +201,8 @@ def main() -> None:
     chance: dict[int, float] = {}
     n_q = len(sketches)
     for g in sorted(args.galleries):
-        gallery = ZSEGallery(model, photo_enc.select(slice(0, g)))
+        items = [GalleryItem(i, f"photo/{i}", class_id=int(c)) for i, c in enumerate(photo_labels[:g])]
+        gallery = RelationGallery(model, photo_enc.select(slice(0, g)), items)
         labels = photo_labels[:g]
         chance[g] = chance_map(sketch_labels, labels)
         modes = [("ret", "ret", 0, 0)] + [(f"rn_rerank@{k}", "rn_rerank", k, n_q * min(k, g)) for k in rerank_ks]
@@ -290,7 +294,7 @@ torch {torch.__version__} with {args.threads} threads, pair batch {args.pair_bat
 {args.model_note} Image size {args.image_size} px.
 Data: {data}. {n_q} queries; the photos are encoded once
 ({n_encoded:,} images in {encode_s:.1f} s, not included below), and each time is one
-`ZSEGallery.score_matrix` call for the full Q x G matrix in fp32 (the median of {args.repeat} runs for `ret` and
+`RelationGallery.score_matrix` call for the full Q x G matrix in fp32 (the median of {args.repeat} runs for `ret` and
 `rn_rerank`, one run for `rn`, after a warm-up call of the relation head). mAP@all is `map_all_voc` from
 `sbir.metrics.compute_metrics` (random tie-break, seed 0). *relation pairs* are the query-photo pairs that go
 through cross-attention and the relation head; *load* is the 1-minute load average when the row started.

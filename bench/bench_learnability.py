@@ -35,13 +35,12 @@ from PIL import Image
 from report import machine_line, write_section
 from torch import nn
 
-from pipelines.train import image_transform
 from sbir.config import Config, load_config
-from sbir.data.preprocess import ImageTransform
 from sbir.data.readers import read_split
 from sbir.data.synth import write_synthetic_dataset
+from sbir.inference.transforms import ImageTransform
+from sbir.methods import MethodFamily, family_of
 from sbir.metrics import compute_metrics
-from sbir.models import build_model
 from sbir.training.objective import TrainingObjective
 from sbir.training.optim import build_optimizer
 
@@ -109,10 +108,11 @@ class ReferenceCNN(nn.Module):
         return self.net(images)
 
 
-def sbir_embed(model: nn.Module) -> Embed:
+def sbir_embed(model: nn.Module, family: MethodFamily) -> Embed:
+    """The family's retrieval embedding (normalised [Ret] token, or the CLIP-AT embedding), with gradients."""
+
     def embed(images: torch.Tensor, modality: str) -> torch.Tensor:
-        out = model.encode(images, modality)
-        return out.ret if hasattr(out, "ret") else out
+        return family.encode(model, images, modality).retrieval_embeddings()
 
     return embed
 
@@ -125,9 +125,9 @@ def build_arms(config: Config, train_classes: list[str], lr: float) -> list[Call
             method = load_config(preset, []).model.method
             cfg = load_config(preset, [f"model.{method}.stem={stem}"])
             torch.manual_seed(cfg.train.seed)
-            kwargs = {} if cfg.model.method == "zse" else {"class_names": train_classes}
-            model = build_model(cfg.model, load_pretrained=False, **kwargs)
-            embed = sbir_embed(model)
+            family = family_of(cfg)
+            model = family.build_model(cfg.model, class_names=train_classes, load_pretrained=False)
+            embed = sbir_embed(model, family)
             if objective == "own":
                 training = TrainingObjective(model, cfg, seed=0)
 
@@ -135,8 +135,9 @@ def build_arms(config: Config, train_classes: list[str], lr: float) -> list[Call
                     return training(batch)["loss"]
             else:
                 loss = info_nce(embed)
-            return Arm(f"{preset}, {stem} stem ({objective} loss)", model, embed, image_transform(cfg, model), loss,
-                       build_optimizer(model, cfg))  # fmt: skip
+            transform = family.image_transform(cfg, model)
+            name = f"{preset}, {stem} stem ({objective} loss)"
+            return Arm(name, model, embed, transform, loss, build_optimizer(model, cfg))
 
         return make
 

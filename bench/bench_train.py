@@ -149,7 +149,7 @@ def main() -> None:
         split = read_split("synthetic", data, "zeroshot1", val_fraction=0.1, val_seed=0)
         manifest = prepare_dataset(split, str(work / "prepared"), source=f"synthetic:{data}")
         n_train = sum(1 for r in split.records if r.role == "train")
-        print(f"prepared {manifest['num_rows']} images ({n_train} training images)")
+        print(f"prepared {manifest.num_rows} images ({n_train} training images)")
 
         for preset in args.presets:
             for workers in args.workers:

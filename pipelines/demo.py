@@ -49,7 +49,7 @@ def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> d
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     prepared = str(out / "prepared")
     manifest = prepare_dataset(split, prepared, source=f"synthetic:{out / 'data'}")
-    echo(f"2. prepared {manifest['num_rows']} images into Parquet shards: {prepared}")
+    echo(f"2. prepared {manifest.num_rows} images into Parquet shards: {prepared}")
 
     outcomes: dict[str, TrainOutcome] = {}
     for step, (method, (preset, _)) in enumerate(DEMO_MODELS.items(), start=3):
@@ -65,7 +65,7 @@ def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> d
             ],
         )
         echo(f"{step}. training {method} on {config.train.num_workers} Ray Train workers ...")
-        outcomes[method] = run_training(config, echo=lambda line: logger.info("%s", line))
+        outcomes[method] = run_training(config, echo=lambda line: echo(f"   {line}"))
         echo(f"   report: {outcomes[method].report}")
 
     echo(f"\nunseen-class retrieval on the synthetic dataset ({len(split.test_classes)} unseen classes):")

@@ -1,4 +1,9 @@
-"""`sbir eval`: embed queries and gallery with Ray Data batch inference, score every mode, write a report."""
+"""`sbir eval`: embed queries and gallery with Ray Data batch inference, score every mode, write a report.
+
+The encoding runs in an actor pool (``EmbedBatch``: one ``sbir.inference.Encoder`` per actor, loaded once);
+the driver builds the method's gallery from the encoded photos and scores it with
+``sbir.inference.evaluate``: the same code path that validation and serving use.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+import ray
 
-from pipelines.prepare import prepare_dataset, read_manifest, read_prepared
+from pipelines.prepare import DataSource, ensure_prepared, read_manifest, read_prepared
 from pipelines.rows import ROW_COLUMNS
-from sbir.checkpoint import load_checkpoint
-from sbir.config import Config, EvalTarget
-from sbir.data.preprocess import ImageTransform
-from sbir.evaluation import Evaluation, evaluate_encoded
-from sbir.models.zse.model import ZSEEncoding
+from sbir.checkpoint import load_checkpoint, read_checkpoint_meta
+from sbir.config import Config, EvalConfig, EvalTarget
+from sbir.errors import DeviceError, SbirError
+from sbir.inference.encoder import Encoder, resolve_device
+from sbir.inference.evaluate import Evaluation, evaluate_gallery, pair_index
+from sbir.inference.gallery import Gallery, items_from_rows
+from sbir.inference.transforms import ImageTransform
+from sbir.methods import MethodFamily, family_of
+from sbir.models.encoding import Encoding
 
 logger = logging.getLogger(__name__)
+
+ENCODING_PREFIX = "enc_"  # columns of encoded rows that hold the encoding's arrays
+META_COLUMNS = ("path", "class_id", "modality", "pair_id")
 
 
 @dataclass
@@ -31,38 +43,48 @@ class EvalResult:
     report_json: Path
 
 
-class EmbedBatch:
-    """Ray Data UDF (actor): load the checkpoint once, then encode batches of decoded images."""
+@dataclass
+class EncodedRole:
+    """One role's queries and gallery photos, encoded, with their row metadata (sorted by path)."""
 
-    def __init__(self, checkpoint: str, transform: ImageTransform) -> None:
-        torch.set_num_threads(1)
-        self.model, meta = load_checkpoint(checkpoint)
-        self.model.eval()
-        self.method = meta.method
-        self.transform = transform
+    sketches: dict[str, np.ndarray]
+    photos: dict[str, np.ndarray]
+
+    def encoding(self, family: MethodFamily, modality: str) -> Encoding:
+        rows = self.sketches if modality == "sketch" else self.photos
+        arrays = {k.removeprefix(ENCODING_PREFIX): v for k, v in rows.items() if k.startswith(ENCODING_PREFIX)}
+        return family.encoding.from_arrays(arrays)
+
+
+class EmbedBatch:
+    """Ray Data UDF (actor): load the checkpoint once, then encode batches of encoded image bytes."""
+
+    def __init__(self, checkpoint: str, transform: ImageTransform, device: str, batch_size: int) -> None:
+        import torch
+
+        if device == "cpu":
+            torch.set_num_threads(1)  # actors share the node's cores
+        model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
+        self.encoder = Encoder(model, family_of(meta.config), transform, batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"path": [], "class_id": [], "modality": [], "pair_id": []}
-        encoded: dict[str, list] = {}
+        out: dict[str, list] = {key: [] for key in META_COLUMNS}
+        encoded: dict[str, list[np.ndarray]] = {}
         for modality in ("sketch", "photo"):
             rows = [i for i, m in enumerate(batch["modality"]) if m == modality]
             if not rows:
                 continue
-            pixels = torch.stack([self.transform.decode(batch["image"][i], modality) for i in rows])
-            with torch.no_grad():
-                enc = self.model.encode(pixels, modality)
-            fields = {"ret": enc.ret, "tokens": enc.tokens, "mask": enc.mask} if self.method == "zse" else {"ret": enc}
-            for name, value in fields.items():
-                if value is not None:
-                    encoded.setdefault(name, []).append(value.numpy())
+            encoding = self.encoder.encode_bytes([batch["image"][i] for i in rows], modality)
+            for name, value in encoding.to_arrays().items():
+                encoded.setdefault(ENCODING_PREFIX + name, []).append(value)
             for key in out:
                 out[key] += [batch[key][i] for i in rows]
         result = {key: np.asarray(values) for key, values in out.items()}
         return result | {name: np.concatenate(parts) for name, parts in encoded.items()}
 
 
-def _gather(ds) -> dict[str, dict[str, np.ndarray]]:
-    """Concatenate the embedded rows per modality, sorted by path (a deterministic gallery order)."""
+def _gather(ds: ray.data.Dataset) -> EncodedRole:
+    """Concatenate the encoded rows per modality, sorted by path (a deterministic gallery order)."""
     parts: dict[str, list[dict[str, np.ndarray]]] = {"sketch": [], "photo": []}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for modality in ("sketch", "photo"):
@@ -72,56 +94,57 @@ def _gather(ds) -> dict[str, dict[str, np.ndarray]]:
     gathered = {}
     for modality, chunks in parts.items():
         if not chunks:
-            raise ValueError(f"the evaluation split has no {modality}es" if modality == "sketch" else "no photos")
+            raise SbirError(f"the evaluation split has no {modality}es" if modality == "sketch" else "no photos")
         joined = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         order = np.argsort(joined["path"], kind="stable")
         gathered[modality] = {k: v[order] for k, v in joined.items()}
-    return gathered
+    return EncodedRole(gathered["sketch"], gathered["photo"])
 
 
-def _encoding(method: str, rows: dict[str, np.ndarray]):
-    if method == "zse":
-        mask = torch.from_numpy(rows["mask"]) if "mask" in rows else None
-        return ZSEEncoding(torch.from_numpy(rows["ret"]), torch.from_numpy(rows["tokens"]), mask)
-    return torch.from_numpy(rows["ret"])
+def check_eval_resources(eval_cfg: EvalConfig) -> None:
+    """Fail at once, naming what is missing, when the encoder actors ask for GPUs the cluster lacks."""
+    if eval_cfg.gpus_per_worker > 0:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < eval_cfg.gpus_per_worker:
+            raise DeviceError(
+                f"eval.gpus_per_worker={eval_cfg.gpus_per_worker} but the Ray cluster has {gpus:g} GPU(s); "
+                "set eval.gpus_per_worker=0 to encode on CPUs"
+            )
 
 
-def normalise_class(name: str) -> str:
-    """protocols.md §1: lower-case, '_' and '-' as spaces (exact matching, synonyms are missed)."""
-    return re.sub(r"[_\-]+", " ", name.lower()).strip()
-
-
-def embed_split(
-    checkpoint: Path, prepared: str, role: str, transform: ImageTransform, batch_size: int, workers: int = 1
-):
-    """Batch inference over the prepared shards of one role; returns per-modality arrays."""
+def embed_role(
+    checkpoint: Path, prepared: str, role: str, transform: ImageTransform, eval_cfg: EvalConfig
+) -> EncodedRole:
+    """Batch inference over the prepared shards of one role: an actor pool of encoders (from ``eval.*``)."""
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
+    check_eval_resources(eval_cfg)
+    device = "cuda" if eval_cfg.gpus_per_worker > 0 else "cpu"
     ds = read_prepared(prepared, columns=ROW_COLUMNS).filter(expr=col("role") == role)
     ds = ds.map_batches(
         EmbedBatch,
-        fn_constructor_args=(str(checkpoint), transform),
-        batch_size=batch_size,
+        fn_constructor_args=(str(checkpoint), transform, device, eval_cfg.batch_size),
+        batch_size=eval_cfg.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=workers),
-        num_cpus=0.5,
+        compute=ActorPoolStrategy(size=eval_cfg.num_workers),
+        num_cpus=eval_cfg.cpus_per_worker,
+        num_gpus=eval_cfg.gpus_per_worker,
     )
     return _gather(ds)
+
+
+def normalise_class(name: str) -> str:
+    """Class names as cross-dataset overlap compares them (docs/settings.md#cross-dataset-class-overlap):
+    lower-case, '_' and '-' as spaces; exact matching, so synonyms are missed."""
+    return re.sub(r"[_\-]+", " ", name.lower()).strip()
 
 
 def prepare_target(target: EvalTarget, run_dir: Path) -> str:
     """Prepared shards of a cross-dataset target (all of its classes in the test role)."""
     out = target.prepared or str(run_dir / "targets" / target.name)
-    try:
-        read_manifest(out)
-        return out
-    except FileNotFoundError:
-        from sbir.data.readers import read_split
-
-        split = read_split(target.layout, target.root, target.split, val_fraction=0.0)
-        prepare_dataset(split, out, source=f"{target.layout}:{target.root}")
-        return out
+    ensure_prepared(out, DataSource(target.layout, target.root, target.split), reuse_existing=True)
+    return out
 
 
 def evaluate_checkpoint(
@@ -134,81 +157,73 @@ def evaluate_checkpoint(
     target: EvalTarget | None = None,
 ) -> EvalResult:
     """Evaluate a project checkpoint on one role of a prepared dataset (or a cross-dataset target)."""
-    from pipelines.train import image_transform
-
     checkpoint = Path(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta = load_checkpoint(checkpoint)
-    model.eval()
+    meta = read_checkpoint_meta(checkpoint)
     config = config or meta.config
-    method = meta.method
+    model, _ = load_checkpoint(checkpoint, device=resolve_device(config.eval.device))
+    family = family_of(meta.config)
     if target is not None:
         prepared = prepare_target(target, out.parent)
         role = "test"
     if prepared is None:
-        raise ValueError("evaluate_checkpoint needs a prepared dataset or a target")
-    transform = image_transform(config, model)
-    rows = embed_split(checkpoint, prepared, role, transform, config.eval.batch_size)
-    sketches, photos = rows["sketch"], rows["photo"]
-    pair_index = _pair_index(sketches["pair_id"], photos["pair_id"])
-    evaluation = evaluate_encoded(
-        model,
-        method,
-        _encoding(method, sketches),
-        sketches["class_id"],
-        _encoding(method, photos),
-        photos["class_id"],
+        raise SbirError("evaluate_checkpoint needs a prepared dataset or a target")
+    transform = family.image_transform(config, model)
+    encoded = embed_role(checkpoint, prepared, role, transform, config.eval)
+    manifest = read_manifest(prepared)
+    class_names = manifest.classes.by_id
+    items = items_from_rows(encoded.photos, class_names)
+    gallery = family.gallery(model, encoded.encoding(family, "photo"), items, config.index)
+    evaluation = evaluate_gallery(
+        gallery,
+        encoded.encoding(family, "sketch"),
+        encoded.sketches["class_id"],
+        family.retrieval_modes(config.eval.modes),
         config.eval,
-        config.eval.modes,
-        pair_index=pair_index,
+        pairs=pair_index(list(encoded.sketches["pair_id"]), list(encoded.photos["pair_id"])),
     )
     metrics = dict(evaluation.metrics)
-    manifest = read_manifest(prepared)
-    class_names = _class_names(manifest)
     notes = []
     if config.train.model_selection == "unseen_test":
         notes.append("selected on test classes: the checkpoint was chosen on the unseen classes it is tested on")
     if target is not None:
         seen = {normalise_class(c) for c in meta.classes.get("seen", [])}
-        overlap = sorted(c for c in manifest["classes"]["test"] if normalise_class(c) in seen)
-        metrics |= _disjoint(evaluation, sketches["class_id"], photos["class_id"], class_names, set(overlap), config)
+        overlap = sorted(c for c in manifest.classes.test if normalise_class(c) in seen)
+        metrics |= _disjoint(evaluation, encoded, gallery, class_names, set(overlap), config)
         notes.append(f"{len(overlap)} target classes overlap the training classes: {', '.join(overlap) or 'none'}")
     info = {
         "checkpoint": str(checkpoint),
-        "method": method,
+        "method": family.name,
         "prepared": prepared,
         "role": role,
         "target": target.name if target else None,
-        "queries": len(sketches["class_id"]),
-        "gallery": len(photos["class_id"]),
-        "classes": len(np.unique(sketches["class_id"])),
+        "queries": len(encoded.sketches["class_id"]),
+        "gallery": len(gallery),
+        "classes": len(np.unique(encoded.sketches["class_id"])),
         "epoch": meta.extra.get("epoch"),
     }
     from pipelines.report import write_evaluation_report
 
     report = write_evaluation_report(
-        out, model, method, config, evaluation, metrics, info, notes, sketches, photos, prepared, class_names
+        out, model, family, config, evaluation, metrics, info, notes, encoded, prepared, class_names, transform
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return EvalResult(metrics, report.html, report.json)
 
 
-def _class_names(manifest: dict) -> dict[int, str]:
-    names = [*manifest["classes"]["train"], *manifest["classes"].get("val", []), *manifest["classes"]["test"]]
-    return dict(enumerate(names))
-
-
-def _pair_index(sketch_pairs: np.ndarray, photo_pairs: np.ndarray) -> np.ndarray | None:
-    column = {str(p): i for i, p in enumerate(photo_pairs) if p}
-    index = [column.get(str(p), -1) for p in sketch_pairs]
-    return None if not index or min(index) < 0 else np.asarray(index, dtype=np.int64)
-
-
-def _disjoint(evaluation: Evaluation, sketch_labels, photo_labels, class_names, overlap: set[str], config: Config):
+def _disjoint(
+    evaluation: Evaluation,
+    encoded: EncodedRole,
+    gallery: Gallery,
+    class_names: dict[int, str],
+    overlap: set[str],
+    config: Config,
+) -> dict[str, dict[str, float]]:
     """Metrics recomputed on the target classes that do not overlap the training classes."""
     from sbir.metrics import compute_metrics
 
+    sketch_labels, photo_labels = encoded.sketches["class_id"], gallery.class_ids
     keep_s = np.array([class_names[int(c)] not in overlap for c in sketch_labels])
     keep_p = np.array([class_names[int(c)] not in overlap for c in photo_labels])
     if not overlap:
@@ -217,7 +232,7 @@ def _disjoint(evaluation: Evaluation, sketch_labels, photo_labels, class_names, 
         return {}
     out = {}
     for mode, scores in evaluation.scores.items():
-        sub = scores.float().numpy()[np.ix_(keep_s, keep_p)]
+        sub = scores.numpy()[np.ix_(keep_s, keep_p)]
         out[f"{mode}/disjoint"] = compute_metrics(
             sub,
             sketch_labels[keep_s],

@@ -14,7 +14,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,16 +27,18 @@ from PIL import Image, UnidentifiedImageError
 from ray.data.expressions import col
 
 from pipelines import storage
+from sbir.config import Config
+from sbir.data.manifest import FORMAT_VERSION, PreparedDataMissing, PreparedManifest
 from sbir.data.records import DatasetSplit
+from sbir.errors import SbirError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 BadFilePolicy = Literal["fail", "skip"]
 
 
-class BadFilesError(RuntimeError):
+class BadFilesError(SbirError):
     """Some source images are missing or unreadable and the policy is `fail`."""
 
     def __init__(self, bad: list[dict[str, str]]) -> None:
@@ -42,6 +46,59 @@ class BadFilesError(RuntimeError):
         more = f" (+{len(bad) - 10} more)" if len(bad) > 10 else ""
         super().__init__(f"{len(bad)} bad file(s): {shown}{more}. Fix them or re-run with --on-bad-file skip")
         self.bad = bad
+
+    def __reduce__(self):  # Ray pickles errors raised in tasks; keep the constructor's argument
+        return (type(self), (self.bad,))
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset on disk (or S3) and the split to read from it: what `ensure_prepared` prepares."""
+
+    layout: str
+    root: str
+    split: str
+    val_fraction: float = 0.0
+    val_seed: int = 0
+    pairs_file: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.layout}:{self.root}"
+
+    def read(self) -> DatasetSplit:
+        """The split's records (no Ray; raises DatasetError naming what is missing)."""
+        from sbir.data.readers import read_split
+
+        return read_split(
+            self.layout,
+            self.root,
+            self.split,
+            val_fraction=self.val_fraction,
+            val_seed=self.val_seed,
+            pairs_file=self.pairs_file,
+        )
+
+
+def ensure_prepared(
+    target: str, source: DataSource, *, reuse_existing: bool, connect: Callable[[], None] | None = None
+) -> PreparedManifest:
+    """The prepared dataset at `target`: as it is when it holds a manifest and `reuse_existing`, else
+    `source` prepared into it (idempotent: unchanged inputs are not prepared again).
+
+    The source is read first, so a missing root fails before Ray starts; `connect` (e.g. ``ensure_ray``)
+    is called only when there is something to prepare.
+    """
+    if reuse_existing:
+        try:
+            return read_manifest(target)
+        except PreparedDataMissing:
+            if storage.is_s3(target):
+                raise
+    split = source.read()
+    if connect is not None:
+        connect()
+    return prepare_dataset(split, target, source=source.name)
 
 
 def fingerprint(split: DatasetSplit) -> str:
@@ -94,6 +151,24 @@ def _rows(split: DatasetSplit) -> list[dict[str, Any]]:
     return [{**asdict(r), "pair_id": r.pair_id or "", "class_id": ids[r.class_name]} for r in split.records]
 
 
+def training_data(config: Config) -> tuple[str, DataSource]:
+    """Where a run's prepared data is (``data.prepared``, else under the run dir) and what it is made from."""
+    data = config.data
+    target = data.prepared or str(Path(config.run.dir).resolve() / "prepared" / config.setting)
+    source = DataSource(data.layout, data.root, data.split, data.val_fraction, data.val_seed, data.pairs_file)
+    return target, source
+
+
+def prepare_training_data(config: Config) -> tuple[str, PreparedManifest]:
+    """A run's prepared dataset: ``data.prepared`` as it is if it holds a manifest, else prepared from
+    ``data.root`` (read, and a missing root reported, before Ray is started)."""
+    from pipelines.ray_runtime import ensure_ray
+
+    target, source = training_data(config)
+    connect = lambda: ensure_ray(config.run.ray_address)  # noqa: E731
+    return target, ensure_prepared(target, source, reuse_existing=bool(config.data.prepared), connect=connect)
+
+
 def prepare_dataset(
     split: DatasetSplit,
     out: str,
@@ -101,18 +176,18 @@ def prepare_dataset(
     on_bad_file: BadFilePolicy = "fail",
     rows_per_file: int = 2000,
     source: str | None = None,
-) -> dict[str, Any]:
+) -> PreparedManifest:
     """Write `split` as Parquet shards under `out` (local path or s3://) and return the manifest."""
     if on_bad_file not in ("fail", "skip"):
         raise ValueError(f"on_bad_file must be 'fail' or 'skip', got {on_bad_file!r}")
     if not split.records:
-        raise ValueError(f"split {split.split!r} of {split.root} has no records to prepare")
+        raise SbirError(f"split {split.split!r} of {split.root} has no records to prepare")
     fs, base = storage.resolve(out)
     manifest_path = storage.join(base, MANIFEST)
     digest = fingerprint(split) + f"-{on_bad_file}"
     if storage.exists(fs, manifest_path):
-        existing = storage.read_json(fs, manifest_path)
-        if existing.get("fingerprint") == digest and storage.exists(fs, storage.join(base, existing["data_dir"])):
+        existing = read_manifest(out)
+        if existing.fingerprint == digest and storage.exists(fs, storage.join(base, existing.data_dir)):
             logger.info("%s is already prepared from the same inputs; nothing to do", out)
             return existing
 
@@ -140,24 +215,27 @@ def prepare_dataset(
 
     bad_paths = {b["path"] for b in bad}
     kept = [r for r in split.records if r.path not in bad_paths]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": digest,
-        "data_dir": data_dir,
-        "source": source or f"{split.layout}:{split.root}",
-        "layout": split.layout,
-        "split": split.split,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "classes": {"train": split.train_classes, "val": split.val_classes, "test": split.test_classes},
-        "counts": _counts(kept),
-        "num_rows": len(kept),
-        "content_sha256": hashlib.sha256("\n".join(f"{p} {s}" for p, s in checks).encode()).hexdigest(),
-        "bad_files": sorted(bad, key=lambda b: b["path"]),
-        "on_bad_file": on_bad_file,
-        "images_per_second": round(len(split.records) / elapsed, 1) if elapsed > 0 else None,
-    }
+    manifest = PreparedManifest.from_json(
+        {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": digest,
+            "data_dir": data_dir,
+            "source": source or f"{split.layout}:{split.root}",
+            "layout": split.layout,
+            "split": split.split,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "classes": {"train": split.train_classes, "val": split.val_classes, "test": split.test_classes},
+            "counts": _counts(kept),
+            "num_rows": len(kept),
+            "content_sha256": hashlib.sha256("\n".join(f"{p} {s}" for p, s in checks).encode()).hexdigest(),
+            "bad_files": sorted(bad, key=lambda b: b["path"]),
+            "on_bad_file": on_bad_file,
+            "images_per_second": round(len(split.records) / elapsed, 1) if elapsed > 0 else None,
+        },
+        out,
+    )
     old = storage.read_json(fs, manifest_path).get("data_dir") if storage.exists(fs, manifest_path) else None
-    storage.write_json(fs, manifest_path, manifest)
+    storage.write_json(fs, manifest_path, manifest.to_json())
     if old and old != data_dir:
         storage.delete_dir(fs, storage.join(base, old))
     logger.info(
@@ -165,7 +243,7 @@ def prepare_dataset(
         len(kept),
         len(bad),
         out,
-        manifest["images_per_second"] or 0,
+        manifest.images_per_second or 0,
     )
     return manifest
 
@@ -181,16 +259,17 @@ def _counts(records: list) -> dict[str, Any]:
     return counts
 
 
-def read_manifest(prepared: str) -> dict[str, Any]:
+def read_manifest(prepared: str) -> PreparedManifest:
     """Manifest of a prepared dataset, or an error saying it is missing or incomplete."""
     fs, base = storage.resolve(prepared)
     path = storage.join(base, MANIFEST)
     if not storage.exists(fs, path):
-        raise FileNotFoundError(f"{prepared} is not a prepared dataset (no {MANIFEST}); run `sbir data prepare`")
-    manifest = storage.read_json(fs, path)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{prepared}: manifest format {manifest.get('format_version')}, expected {FORMAT_VERSION}")
-    return manifest
+        raise PreparedDataMissing(f"{prepared} is not a prepared dataset (no {MANIFEST}); run `sbir data prepare`")
+    try:
+        payload = storage.read_json(fs, path)
+    except (OSError, ValueError) as exc:
+        raise PreparedDataMissing(f"{prepared}/{MANIFEST}: unreadable ({exc}); prepare the dataset again") from exc
+    return PreparedManifest.from_json(payload, f"{prepared}/{MANIFEST}")
 
 
 def use_fast_parquet_reader() -> None:
@@ -207,7 +286,7 @@ def read_prepared(prepared: str, columns: list[str] | None = None) -> ray.data.D
     manifest = read_manifest(prepared)
     fs, base = storage.resolve(prepared)
     use_fast_parquet_reader()
-    return ray.data.read_parquet(storage.join(base, manifest["data_dir"]), filesystem=fs, columns=columns)
+    return ray.data.read_parquet(storage.join(base, manifest.data_dir), filesystem=fs, columns=columns)
 
 
 def schema() -> pa.Schema:

@@ -7,6 +7,8 @@ import os
 
 import ray
 
+from sbir.errors import project_error
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,3 +38,12 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> Non
         ray.init(num_cpus=num_cpus or local_cpus(), include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
+
+
+def unwrap_ray_error(exc: BaseException) -> BaseException:
+    """The project error a Ray wrapper (a failed worker group, a Ray Data task, a remote call) carries, or `exc`.
+
+    Ray re-raises a worker's exception wrapped (``TrainingFailedError``/``WorkerGroupError`` with per-rank
+    failures, ``RayTaskError`` with ``.cause``, ``UserCodeException`` raised ``from`` the original).
+    """
+    return project_error(exc) or exc

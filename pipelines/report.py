@@ -5,15 +5,16 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from pipelines.prepare import read_prepared
 from sbir.config import Config
-from sbir.evaluation import Evaluation
+from sbir.inference.evaluate import Evaluation
+from sbir.inference.transforms import ImageTransform
+from sbir.methods import MethodFamily
 from sbir.reports import (
     ReportFiles,
     plot_precision_recall,
@@ -23,6 +24,9 @@ from sbir.reports import (
     top_k_rankings,
     write_report,
 )
+
+if TYPE_CHECKING:
+    from pipelines.evaluate import EncodedRole
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +42,22 @@ def _images_by_path(prepared: str, paths: set[str]) -> dict[str, bytes]:
 def write_evaluation_report(
     out: Path,
     model: torch.nn.Module,
-    method: str,
+    family: MethodFamily,
     config: Config,
     evaluation: Evaluation,
     metrics: dict[str, dict[str, float]],
     info: dict[str, Any],
     notes: list[str],
-    sketches: dict[str, np.ndarray],
-    photos: dict[str, np.ndarray],
+    encoded: EncodedRole,
     prepared: str,
     class_names: dict[int, str],
+    transform: ImageTransform,
 ) -> ReportFiles:
     """Write report.{json,md,html} plus its PNGs into `out` and return the files."""
+    sketches, photos = encoded.sketches, encoded.photos
     sketch_labels, photo_labels = sketches["class_id"], photos["class_id"]
     curves = {
-        f"{method}/{mode}": precision_recall_curve(scores.float().numpy(), sketch_labels, photo_labels)
+        f"{family.name}/{mode}": precision_recall_curve(scores.float().numpy(), sketch_labels, photo_labels)
         for mode, scores in evaluation.scores.items()
     }
     images: dict[str, Path] = {
@@ -60,7 +65,7 @@ def write_evaluation_report(
     }
     count = min(config.eval.report_queries, len(sketch_labels))
     if count:
-        mode = "rn_rerank" if "rn_rerank" in evaluation.scores else next(iter(evaluation.scores))
+        mode = family.default_mode if family.default_mode in evaluation.scores else next(iter(evaluation.scores))
         queries = sample_queries(sketch_labels, count, seed=config.eval.tie_seed)
         k = min(config.eval.report_top_k, len(photo_labels))
         rankings = top_k_rankings(evaluation.scores[mode][queries].float().numpy(), k)
@@ -82,11 +87,12 @@ def write_evaluation_report(
         grid_path = out / "top_k.png"
         grid.save(grid_path)
         images[f"Top-{k} retrievals ({mode}); green = same class"] = grid_path
-        if method == "zse" and config.eval.report_explanations:
-            images |= _explanations(out, model, config, queries, rankings, sketches, photos, load)
+        if family.explains and config.eval.report_explanations:
+            explain = _Explain(model, family, transform, load)
+            images |= explain.write(out, config.eval.report_explanations, queries, rankings, sketches, photos)
     return write_report(
         out,
-        title=f"{method} evaluation: {info.get('target') or info.get('role')}",
+        title=f"{family.title} evaluation: {info.get('target') or info.get('role')}",
         metrics=metrics,
         info=info,
         images=images,
@@ -94,19 +100,21 @@ def write_evaluation_report(
     )
 
 
-def _explanations(out, model, config, queries, rankings, sketches, photos, load) -> dict[str, Path]:
-    """Attention maps, token correspondences and patch synthesis for the first few queries and their top photo."""
-    from pipelines.train import image_transform
-    from sbir.explain import explain_pair, save_explanation
+class _Explain:
+    """Attention maps, token correspondences and patch synthesis for the first queries and their top photo."""
 
-    transform = image_transform(config, model)
-    written: dict[str, Path] = {}
-    for n, (q, ranked) in enumerate(zip(queries, rankings, strict=True)):
-        if n >= config.eval.report_explanations:
-            break
-        sketch = transform(load(str(sketches["path"][q])), "sketch")
-        photo = transform(load(str(photos["path"][ranked[0]])), "photo")
-        paths = save_explanation(explain_pair(model, sketch, photo), out / "explanations" / f"query_{n}")
-        for path in paths:
-            written[f"Query {n}: {path.stem.replace('_', ' ')}"] = path
-    return written
+    def __init__(self, model, family: MethodFamily, transform: ImageTransform, load) -> None:
+        self.model, self.family, self.transform, self.load = model, family, transform, load
+
+    def write(self, out: Path, count: int, queries, rankings, sketches, photos) -> dict[str, Path]:
+        from sbir.explain import save_explanation
+
+        device = next(self.model.parameters()).device
+        written: dict[str, Path] = {}
+        for n, (q, ranked) in enumerate(zip(queries[:count], rankings[:count], strict=True)):
+            sketch = self.transform(self.load(str(sketches["path"][q])), "sketch").to(device)
+            photo = self.transform(self.load(str(photos["path"][ranked[0]])), "photo").to(device)
+            explanation = self.family.explain(self.model, sketch, photo)
+            for path in save_explanation(explanation, out / "explanations" / f"query_{n}"):
+                written[f"Query {n}: {path.stem.replace('_', ' ')}"] = path
+        return written

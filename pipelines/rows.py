@@ -10,7 +10,8 @@ import torch
 from ray.data.expressions import col
 
 from pipelines.prepare import read_prepared
-from sbir.data.preprocess import ImageTransform
+from sbir.inference.evaluate import pair_index
+from sbir.inference.transforms import ImageTransform
 
 ROW_COLUMNS = ["path", "image", "class_id", "modality", "pair_id", "role"]
 
@@ -50,9 +51,7 @@ class RoleImages:
 
     def pair_index(self) -> np.ndarray | None:
         """Gallery column of each sketch's paired photo (fine-grained), or None when not every sketch has one."""
-        column = {pair: i for i, pair in enumerate(self.photo_pairs) if pair}
-        index = [column.get(pair, -1) for pair in self.sketch_pairs]
-        return None if not index or min(index) < 0 else np.asarray(index, dtype=np.int64)
+        return pair_index(self.sketch_pairs, self.photo_pairs)
 
 
 def collect(batches) -> RoleImages:
@@ -74,9 +73,3 @@ def collect(batches) -> RoleImages:
     s, sl, sp, spair = stack(rows["sketch"])
     p, pl, pp, ppair = stack(rows["photo"])
     return RoleImages(s, sl, sp, spair, p, pl, pp, ppair)
-
-
-def load_role_images(prepared: str, roles: tuple[str, ...], transform: ImageTransform) -> RoleImages:
-    """Decode every sketch and photo of `roles` (evaluation sets are small enough to hold in memory)."""
-    ds = role_dataset(prepared, roles, transform)
-    return collect(ds.iter_batches(batch_size=256, batch_format="numpy"))

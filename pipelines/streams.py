@@ -27,7 +27,7 @@ demo's 688 training images need 8 MiB at 64 px; Sketchy-Ext's ~148k images would
 resumed run rebuilds it once; Ray Train worker-group restarts reuse it).
 
 Both give bit-identical batches: the cache stores the transform's 8-bit pixels before normalisation
-(``ImageTransform.decode_pixels``) and normalises them exactly as ``sbir.data.preprocess.to_tensor`` does.
+(``ImageTransform.decode_pixels``) and normalises them exactly as ``sbir.inference.transforms.to_tensor`` does.
 
 This module is imported by every process that unpickles an epoch's Dataset (Ray Data tasks, and
 formerly the SplitCoordinator actor Ray Train started per split epoch), so its top level imports no torch:
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     import torch
 
     from sbir.data.batches import BatchSpec, Slot
-    from sbir.data.preprocess import ImageTransform
+    from sbir.inference.transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def decoded_images(
         )
         return None
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
-    key = (ray.get_runtime_context().get_job_id(), prepared, read_manifest(prepared)["data_dir"], transform, digest)
+    key = (ray.get_runtime_context().get_job_id(), prepared, read_manifest(prepared).data_dir, transform, digest)
     if key in _CACHED:
         return _CACHED[key]
     _CACHED.clear()

@@ -12,6 +12,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,18 +20,51 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.rows import collect
+from pipelines.progress import ProgressSink
+from pipelines.rows import RoleImages, collect
 from pipelines.streams import iter_epoch
 from sbir.checkpoint import save_checkpoint
 from sbir.config import Config
-from sbir.evaluation import encode_images, evaluate_encoded
-from sbir.models import build_model
-from sbir.training import TrainingObjective, build_optimizer, build_scheduler
+from sbir.data.manifest import ClassLists
+from sbir.inference.encoder import Encoder
+from sbir.inference.evaluate import evaluate_gallery
+from sbir.methods import MethodFamily, family_of
+from sbir.training import TrainingObjective, build_scheduler
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 NOT_VALIDATED = -1.0  # val_score of epochs without validation (worse than any metric in [0, 1])
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the driver hands every worker (pickled once per worker group)."""
+
+    config: Config
+    classes: ClassLists  # train = the seen classes the model trains on, val, test = unseen
+    val_roles: tuple[str, ...]  # prepared roles scored for model selection; empty = no validation
+    run_name: str
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    progress: ProgressSink | None = None  # rank 0's per-epoch lines for the driver's terminal
+
+    @property
+    def checkpoint_classes(self) -> dict[str, list[str]]:
+        return {"seen": self.classes.train, "val": self.classes.val, "unseen": self.classes.test}
+
+
+@dataclass
+class WorkerState:
+    """What a checkpoint carries beside the weights so a restarted worker group resumes where it stopped."""
+
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics, each epoch once
+    attempt: int = 0  # worker-group restarts so far
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> WorkerState:
+        return cls(int(saved["epoch"]), list(saved["history"]), int(saved["attempt"]))
 
 
 def epoch_dataset_name(epoch: int, rank: int) -> str:
@@ -51,7 +85,7 @@ def read_history(checkpoint: ray.train.Checkpoint) -> list[dict[str, float]]:
     return list(state["history"])
 
 
-def _restore(checkpoint: ray.train.Checkpoint, model, optimizer, scheduler, scaler) -> dict[str, Any]:
+def _restore(checkpoint: ray.train.Checkpoint, model, optimizer, scheduler, scaler) -> WorkerState:
     from safetensors.torch import load_model
 
     with checkpoint.as_directory() as directory:
@@ -63,31 +97,36 @@ def _restore(checkpoint: ray.train.Checkpoint, model, optimizer, scheduler, scal
     if scaler_state:
         scaler.load_state_dict(scaler_state)
     torch.set_rng_state(state.pop("torch_rng"))
-    return state
+    return WorkerState.from_saved(state)
 
 
-def _validate(model, config: Config, val_images, device) -> dict[str, float]:
-    method = config.model.method
+def validate(model: torch.nn.Module, family: MethodFamily, config: Config, images: RoleImages) -> dict[str, float]:
+    """Metrics of ``train.val_mode`` on the validation images, scored where the model is (its device)."""
+    from sbir.inference.gallery import GalleryItem
+
+    was_training = model.training
     model.eval()
-    sketches = encode_images(model, method, val_images.sketches.to(device), "sketch", config.eval.batch_size)
-    photos = encode_images(model, method, val_images.photos.to(device), "photo", config.eval.batch_size)
-    result = evaluate_encoded(
-        model,
-        method,
-        _cpu(sketches),
-        val_images.sketch_labels,
-        _cpu(photos),
-        val_images.photo_labels,
-        config.eval,
-        [config.train.val_mode],
-        pair_index=val_images.pair_index(),
-    )
-    model.train()
+    try:
+        encoder = Encoder(model, family, family.image_transform(config, model), batch_size=config.eval.batch_size)
+        photos = encoder.encode(images.photos, "photo")
+        items = [
+            GalleryItem(i, path, class_id=int(label), pair_id=pair or None)
+            for i, (path, label, pair) in enumerate(
+                zip(images.photo_paths, images.photo_labels, images.photo_pairs, strict=True)
+            )
+        ]
+        gallery = family.gallery(model, photos, items, config.index)
+        result = evaluate_gallery(
+            gallery,
+            encoder.encode(images.sketches, "sketch"),
+            images.sketch_labels,
+            family.retrieval_modes([config.train.val_mode]),
+            config.eval,
+            pairs=images.pair_index(),
+        )
+    finally:
+        model.train(was_training)
     return next(iter(result.metrics.values()))
-
-
-def _cpu(encoding):
-    return encoding.to("cpu") if hasattr(encoding, "to") else encoding
 
 
 class EpochTotals(NamedTuple):
@@ -134,96 +173,116 @@ def _train_epoch(ddp, batches: Iterator[dict], optimizer, scheduler, scaler, tra
     return EpochTotals(sums, micro, images, waited, time.perf_counter() - started)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point (runs on every worker)."""
-    config = Config.model_validate(loop_config["config"])
-    train = config.train
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(train.seed)  # identical initial weights on every rank
-    device = ray.train.torch.get_device()
+class _Run(NamedTuple):
+    """One worker's training objects."""
 
-    model = build_model(config.model, class_names=loop_config["train_classes"])
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    state: WorkerState
+
+
+def _setup(loop: LoopConfig, family: MethodFamily, rank: int, device: torch.device) -> _Run:
+    """Build the model (same initial weights on every rank), objective and optimiser; restore a checkpoint."""
+    config, train = loop.config, loop.config.train
+    torch.manual_seed(train.seed)
+    model = family.build_model(config.model, class_names=loop.classes.train)
     objective = TrainingObjective(model, config, seed=train.seed * 1009 + rank)
-    optimizer = build_optimizer(model, config)
+    optimizer = family.optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "amp_fp16" and device.type == "cuda")
-
-    state: dict[str, Any] = {"epoch": 0, "history": [], "attempt": 0, "best_val": NOT_VALIDATED}
+    state = WorkerState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = _restore(checkpoint, model, optimizer, scheduler, scaler)
-        state["attempt"] += 1
-        logger.info("rank %d resumes after epoch %d (attempt %d)", rank, state["epoch"], state["attempt"])
-
+        state.attempt += 1
+        logger.info("rank %d resumes after epoch %d (attempt %d)", rank, state.epoch, state.attempt)
     ddp = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
+    return _Run(model, ddp, optimizer, scheduler, scaler, state)
+
+
+def _epoch_metrics(totals: EpochTotals, epoch: int, run: _Run) -> dict[str, float]:
+    loss = totals.sums["loss"] / totals.micro
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower train.lr")
+    metrics = {f"train_{k}": v / totals.micro for k, v in totals.sums.items()}
+    return metrics | {
+        "epoch": epoch + 1,
+        "attempt": run.state.attempt,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "samples_per_s": totals.images / totals.seconds,
+        "input_wait_share": totals.waited / totals.seconds,
+        "epoch_seconds": totals.seconds,
+        "val_score": NOT_VALIDATED,
+    }
+
+
+def _save_and_report(loop: LoopConfig, run: _Run, metrics: dict[str, float]) -> None:
+    """Rank 0: the project checkpoint plus the resume state, reported to Ray Train with the metrics."""
+    epoch = int(metrics["epoch"])
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(
+            tmp,
+            run.model,
+            loop.config,
+            classes=loop.checkpoint_classes,
+            metrics={k: float(v) for k, v in metrics.items() if k.startswith("val_")},
+            extra={"epoch": epoch, "run_name": loop.run_name},
+        )
+        resume_state = asdict(run.state) | {
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(resume_state, Path(tmp) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop_per_worker(train_loop_config: dict[str, LoopConfig]) -> None:
+    """Ray Train entry point (runs on every worker); ``train_loop_config["loop"]`` is the :class:`LoopConfig`."""
+    loop = train_loop_config["loop"]
+    config, train = loop.config, loop.config.train
+    family = family_of(config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    run = _setup(loop, family, rank, device)
     tracker = None
-    if rank == 0 and loop_config.get("mlflow_run_id"):
+    if rank == 0 and loop.mlflow_run_id and loop.tracking_uri:
         from pipelines.tracking import Tracker
 
-        tracker = Tracker.attach(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
+        tracker = Tracker.attach(loop.tracking_uri, loop.mlflow_run_id)
 
-    val_images = None
-    epochs = range(state["epoch"], train.epochs)
+    val_images: RoleImages | None = None
+    epochs = range(run.state.epoch, train.epochs)
     shards = {e: ray.train.get_dataset_shard(epoch_dataset_name(e, rank)) for e in epochs}
     for epoch in epochs:
-        ddp.train()
-        sums, micro, images, waited, seconds = _train_epoch(
-            ddp, iter_epoch(shards[epoch]), optimizer, scheduler, scaler, train, world, device
-        )
-        if micro == 0:
+        run.ddp.train()
+        batches = iter_epoch(shards[epoch])
+        totals = _train_epoch(run.ddp, batches, run.optimizer, run.scheduler, run.scaler, train, world, device)
+        if totals.micro == 0:
             raise RuntimeError(f"rank {rank} got no batches for epoch {epoch + 1}; check steps_per_epoch and workers")
-        loss = sums["loss"] / micro
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower train.lr")
-
-        metrics: dict[str, Any] = {f"train_{k}": v / micro for k, v in sums.items()}
-        metrics |= {
-            "epoch": epoch + 1,
-            "attempt": state["attempt"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "samples_per_s": images / seconds,
-            "input_wait_share": waited / seconds,
-            "epoch_seconds": seconds,
-            "val_score": NOT_VALIDATED,
-        }
+        metrics = _epoch_metrics(totals, epoch, run)
         due = epoch + 1 >= train.val_from_epoch and (epoch + 1 - train.val_from_epoch) % train.val_every == 0
-        if rank == 0 and due and loop_config["val_roles"]:
+        if rank == 0 and due and loop.val_roles:
             if val_images is None:
                 val_images = collect(
                     ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="numpy")
                 )
             if len(val_images.sketch_labels) and len(val_images.photo_labels):
-                val = _validate(model, config, val_images, device)
+                val = validate(run.model, family, config, val_images)
                 metrics |= {f"val_{k}": v for k, v in val.items() if not k.startswith("n_")}
                 metrics["val_score"] = float(val[train.val_metric])
-        state["epoch"] = epoch + 1
-        state["history"].append({k: float(v) for k, v in metrics.items()})
-        if metrics["val_score"] > state["best_val"]:
-            state["best_val"] = metrics["val_score"]
-
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(
-                    tmp,
-                    model,
-                    config,
-                    classes=loop_config["classes"],
-                    metrics={k: float(v) for k, v in metrics.items() if k.startswith("val_")},
-                    extra={"epoch": epoch + 1, "run_name": loop_config["run_name"]},
-                )
-                torch.save(
-                    state
-                    | {
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                    Path(tmp) / STATE_FILE,
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            if tracker is not None:
-                tracker.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-        else:
+        run.state.epoch = epoch + 1
+        run.state.history.append({k: float(v) for k, v in metrics.items()})
+        if rank != 0:
             ray.train.report(metrics, checkpoint=None)
+            continue
+        _save_and_report(loop, run, metrics)
+        if tracker is not None:
+            tracker.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+        if loop.progress is not None:
+            loop.progress.epoch_done(metrics, train.epochs, train.steps_per_epoch, train.val_metric)

@@ -6,6 +6,7 @@ the class lists (seen / validation / unseen), the method and preset, metrics and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from sbir.config import Config, ConfigError, build_config
+from sbir.errors import SbirError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,11 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
 
 
-class CheckpointError(RuntimeError):
+# Config keys that moved since format 1 was first written: old checkpoints are read with them renamed.
+_MOVED_KEYS = {("serve", "index_type"): ("index", "kind")}
+
+
+class CheckpointError(SbirError):
     """A checkpoint directory is missing, incomplete or inconsistent."""
 
 
@@ -42,7 +49,9 @@ class CheckpointMeta:
 
     @property
     def preset(self) -> str:
-        return self.config.model.zse.preset if self.method == "zse" else self.config.model.clip_at.preset
+        from sbir.methods import family_of
+
+        return family_of(self.config).preset(self.config.model)
 
 
 def save_checkpoint(
@@ -86,31 +95,82 @@ def read_checkpoint_meta(directory: str | Path) -> CheckpointMeta:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: unreadable ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: format_version {version!r}, this sbir reads {FORMAT_VERSION}")
     try:
-        config = build_config(meta["config"])
-    except (KeyError, ConfigError) as exc:
+        config = build_config(_moved_keys_renamed(meta["config"]))
+    except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{meta_path}: invalid config: {exc}") from exc
     return CheckpointMeta(config, meta.get("classes", {}), meta.get("metrics", {}), meta.get("extra", {}))
 
 
-def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """Rebuild the model from the stored config and load its weights strictly."""
-    from sbir.models import build_model
+def _moved_keys_renamed(tree: dict[str, Any]) -> dict[str, Any]:
+    """The stored config with keys that have since moved put where the current schema expects them."""
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for (old_section, old_key), (new_section, new_key) in _MOVED_KEYS.items():
+        section = tree.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            tree.setdefault(new_section, {}).setdefault(new_key, value)
+            logger.debug("checkpoint config: %s.%s read as %s.%s", old_section, old_key, new_section, new_key)
+    return tree
+
+
+def check_checkpoint(directory: str | Path) -> CheckpointMeta:
+    """Read a checkpoint's metadata and check its weights file is complete, without building the model.
+
+    Cheap (the safetensors header only), so commands can reject a bad checkpoint before starting Ray.
+    """
+    from safetensors import safe_open
+
+    meta = read_checkpoint_meta(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            handle.keys()
+    except Exception as exc:  # truncated, empty or not safetensors at all
+        raise CheckpointError(f"{weights}: not a readable weights file ({exc})") from exc
+    return meta
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """SHA-256 of a checkpoint's weights file: the identity galleries and reports refer to."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model from the stored config and load its weights strictly, onto ``device``."""
+    from sbir.methods import family_of
 
     directory = Path(directory)
     meta = read_checkpoint_meta(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
-    model = build_model(meta.config.model, class_names=meta.classes.get("seen"), load_pretrained=False)
-    missing, unexpected = load_model(model, str(weights), strict=False, device=device)
+    model = family_of(meta.config).build_model(meta.config.model, meta.classes.get("seen"), load_pretrained=False)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except Exception as exc:  # a truncated or foreign file: safetensors raises its own error types
+        raise CheckpointError(f"{weights}: not a readable weights file ({type(exc).__name__}: {exc})") from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{weights}: weights do not match the stored config (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]})"
         )
+    model.to(device)
     model.eval()
     return model, meta

@@ -1,6 +1,6 @@
 """One typed, validated configuration for every sbir command.
 
-The config is a tree of pydantic models (model, data, train, eval, serve). It loads from YAML,
+The config is a tree of pydantic models (model, data, train, eval, index, serve, run, tracking). It loads from YAML,
 accepts dotted ``key=value`` overrides from the command line, and rejects unknown keys and bad
 values with errors that name the key and the allowed values. Method presets (``official`` /
 ``paper``) and size presets (``base`` / ``tiny``) fill in every switch the user did not set, so
@@ -16,9 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sbir.errors import ConfigError
+from sbir.presets import preset_path
 
-class ConfigError(ValueError):
-    """A configuration problem, with the offending key(s) named in the message."""
+__all__ = ["Config", "ConfigError", "build_config", "dump_config", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -273,9 +274,21 @@ class ClipATConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """Which method (a registered family, see sbir.methods) and every method's own section."""
+
     method: Literal["zse", "clip_at"] = "zse"
     zse: ZSEConfig = Field(default_factory=ZSEConfig)
     clip_at: ClipATConfig = Field(default_factory=ClipATConfig)
+
+    @property
+    def section(self) -> ZSEConfig | ClipATConfig:
+        """The chosen method's own section (each section is named after its method)."""
+        return getattr(self, self.method)
+
+    @property
+    def fine_grained(self) -> bool:
+        """Whether the chosen method trains and evaluates instance-level (fine-grained) retrieval."""
+        return getattr(self.section, "granularity", "category") == "fine_grained"
 
 
 # --------------------------------------------------------------------------- data/train/eval/serve
@@ -389,13 +402,26 @@ class EvalConfig(_Strict):
     report_queries: int = Field(6, ge=0, description="sample queries in the top-k grid of the report")
     report_top_k: int = Field(8, ge=1)
     report_explanations: int = Field(2, ge=0, description="ZSE-SBIR explanation images in the report")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="encode and score here; auto = cuda if any")
+    num_workers: int = Field(1, ge=1, description="Ray Data encoder actors")
+    cpus_per_worker: float = Field(0.5, gt=0, description="logical CPUs per encoder actor")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per encoder actor (fractions share a GPU)")
+
+
+class IndexConfig(_Strict):
+    """The FAISS index behind every gallery: evaluation, validation and saved galleries (docs/index.md)."""
+
+    kind: Literal["flat", "ivf", "hnsw"] = Field("flat", description="flat = exact search (the evaluation default)")
+    nlist: int = Field(64, ge=1, description="ivf: k-means cells")
+    nprobe: int = Field(8, ge=1, description="ivf: cells probed per query")
+    hnsw_m: int = Field(32, ge=1, description="hnsw: graph out-degree")
+    ef_search: int = Field(64, ge=1, description="hnsw: search beam width")
 
 
 class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     replicas: int = Field(1, ge=1)
-    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
     top_k: int = Field(20, ge=1)
 
 
@@ -406,6 +432,7 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -422,30 +449,15 @@ class Config(_Strict):
             base = f"{layout}30" if split == "zeroshot" else f"{layout}-{split}"
         else:
             base = layout if split == "zeroshot1" else f"{layout}-{split}"
-        if self.model.method == "clip_at" and self.model.clip_at.granularity == "fine_grained":
+        if self.model.fine_grained:
             base = f"fg_{base}"
         return base
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def flat(self) -> dict[str, Any]:
-        """Dotted-key view (for MLflow params and display)."""
-        return flatten(self.to_dict())
-
 
 # --------------------------------------------------------------------------- loading
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -502,13 +514,14 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
     if source is not None:
         path = Path(source)
         if not path.exists():
-            from sbir.presets import preset_path  # local import: presets depend on this module
-
             path = preset_path(str(source))
         try:
-            loaded = yaml.safe_load(path.read_text())
+            with path.open(encoding="utf-8") as stream:  # a stream, so YAML errors name the file
+                loaded = yaml.safe_load(stream)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config file: {exc}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from sbir.config import ConfigError
+from sbir.errors import ConfigError
 
 _PRESET_DIR = Path(str(resources.files("sbir") / "resources" / "presets"))
 

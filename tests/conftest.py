@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +30,8 @@ def tiny_zse(tiny_zse_cfg):
 @pytest.fixture
 def toy_batch():
     """Normalised toy sketches/photos (64 px) for 4 classes x 3 instances, with labels."""
-    from sbir.data.preprocess import ImageTransform
-    from sbir.data.toy_shapes import make_toy_set
+    from sbir.inference.transforms import ImageTransform
+    from tests.toy_shapes import make_toy_set
 
     pairs = make_toy_set(list(range(4)), 3, seed=1, size=64)
     transform = ImageTransform("zse", 64)
@@ -111,7 +112,7 @@ def ray_cluster(s3_server):
 def toy_split(tmp_path):
     """8 toy classes on disk: 5 train, 1 val, 2 test; one sketch + one photo per instance."""
     from sbir.data.records import DatasetSplit, ImageRecord
-    from sbir.data.toy_shapes import TOY_CLASSES, make_toy_set
+    from tests.toy_shapes import TOY_CLASSES, make_toy_set
 
     root = tmp_path / "toy"
     records = []
@@ -124,3 +125,32 @@ def toy_split(tmp_path):
         records.append(ImageRecord(f"{name}/{i}-1.png", name, "sketch", role, str(i)))
         records.append(ImageRecord(f"{name}/{i}.jpg", name, "photo", role, str(i)))
     return DatasetSplit(str(root), "generic", "toy", TOY_CLASSES[:5], TOY_CLASSES[5:6], TOY_CLASSES[6:], records)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A 6-class synthetic dataset written by `sbir data synth` (32 px, 2 sketches + 2 photos per class)."""
+    from typer.testing import CliRunner
+
+    from sbir.cli import app
+    from tests.helpers import SMALL_SYNTH_ARGS
+
+    out = tmp_path_factory.mktemp("synth")
+    args = ["data", "synth", "--out", str(out), "--seed", "3", "--unseen-fraction", "0.34", *SMALL_SYNTH_ARGS]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+RAY_TESTS = Path(__file__).parent / "ray"
+RAY_FIXTURES = {"ray_cluster", "ray_head", "s3_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/ray start Ray or servers: they are `slow`. A fast test may not ask for Ray."""
+    for item in items:
+        in_ray_folder = RAY_TESTS in Path(item.fspath).parents
+        if in_ray_folder:
+            item.add_marker(pytest.mark.slow)
+        elif RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} starts Ray or a server: move it under tests/ray/")

@@ -23,6 +23,10 @@ SHORT_TRAINING = [
 ]
 
 
+# `sbir data synth` flags for a 6-class dataset at 32 px (the CLI tests' synth_root fixture).
+SMALL_SYNTH_ARGS = ["--classes", "6", "--sketches-per-class", "2", "--photos-per-class", "2", "--image-size", "32"]
+
+
 def write_small_synthetic(dest: Path) -> Path:
     """Write the small synthetic dataset into `dest` and return it."""
     from sbir.data.synth import write_synthetic_dataset

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sbir.errors import SbirError
+
 Modality = Literal["sketch", "photo"]
 Role = Literal["train", "val", "test"]
 MODALITIES: tuple[str, ...] = ("sketch", "photo")
 ROLES: tuple[str, ...] = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(SbirError, ValueError):
     """A dataset root or split file is missing, malformed or inconsistent (the message names it)."""
 
 

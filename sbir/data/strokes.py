@@ -18,13 +18,15 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sbir.errors import SbirError
+
 BOX = 255.0  # side of QuickDraw's simplified coordinate box
 MAX_POINTS = 200_000  # refuse absurdly large drawings (e.g. from a web request)
 
 Fit = Literal["auto", "box", "bbox"]
 
 
-class StrokeFormatError(ValueError):
+class StrokeFormatError(SbirError, ValueError):
     """A drawing is not valid QuickDraw raw or simplified ndjson (the message says what is wrong)."""
 
 

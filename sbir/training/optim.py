@@ -8,15 +8,12 @@ import torch
 from torch import nn
 
 from sbir.config import Config
+from sbir.methods import family_of
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    """ZSE-SBIR: AdamW over all parameters. CLIP-AT: Adam over prompts (lr) and LayerNorms (lr_backbone)."""
-    train = config.train
-    if config.model.method == "zse":
-        return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    groups = model.param_groups(train.lr, train.lr_backbone or train.lr)
-    return torch.optim.Adam(groups, lr=train.lr)
+    """The method's optimiser (ZSE-SBIR: AdamW; CLIP-AT: Adam with prompt and LayerNorm groups)."""
+    return family_of(config).optimizer(model, config)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.LRScheduler:

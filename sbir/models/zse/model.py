@@ -8,20 +8,22 @@ scores every sketch against every photo from cached encodings, in bounded pair b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sbir.config import ZSEConfig
+from sbir.models.encoding import Encoding
 from sbir.models.zse.cross_attention import CrossAttention
 from sbir.models.zse.relation import Downsample, build_relation_head, cosine_matrix
 from sbir.models.zse.vit import VisionTransformer
 
 
 @dataclass
-class ZSEEncoding:
+class ZSEEncoding(Encoding):
     """Per-image output of the self-attention stage, cacheable for retrieval."""
 
     ret: torch.Tensor  # B x D pre-CA [Ret] token (the `ret` retrieval embedding, unnormalised)
@@ -30,31 +32,11 @@ class ZSEEncoding:
     last_attn: torch.Tensor | None = None  # B x H x (1+k) x (1+k) last-block attention, when asked
     positions: torch.Tensor | None = None  # B x k patch index of each row of last_attn
 
-    def __len__(self) -> int:
-        return self.ret.shape[0]
+    transient: ClassVar[tuple[str, ...]] = ("last_attn", "positions")
 
-    def select(self, index: torch.Tensor | slice) -> ZSEEncoding:
-        """Rows by index or slice (None fields stay None)."""
-        return ZSEEncoding(**{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
-
-    def to(self, device: torch.device | str) -> ZSEEncoding:
-        return ZSEEncoding(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
-
-    @staticmethod
-    def cat(parts: list[ZSEEncoding]) -> ZSEEncoding:
-        def join(name: str) -> torch.Tensor | None:
-            values = [getattr(p, name) for p in parts]
-            return None if any(v is None for v in values) else torch.cat(values)
-
-        return ZSEEncoding(**{f.name: join(f.name) for f in fields(ZSEEncoding)})
-
-
-def _take(value: torch.Tensor | None, index: torch.Tensor | slice) -> torch.Tensor | None:
-    return None if value is None else value[index]
-
-
-def _move(value: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
-    return None if value is None else value.to(device)
+    def retrieval_embeddings(self) -> torch.Tensor:
+        """L2-normalised pre-CA [Ret] embedding used by the `ret` mode and the ANN index."""
+        return F.normalize(self.ret.float(), dim=-1)
 
 
 @dataclass
@@ -144,17 +126,18 @@ class ZSESBIR(nn.Module):
     ) -> torch.Tensor:
         """Exhaustive relation scores, Q x G, from cached encodings (`rn` retrieval mode)."""
         q, g = len(sketch), len(photo)
-        out = torch.empty(q, g, dtype=torch.float32)
+        out = torch.empty(q, g, dtype=torch.float32, device=photo.device)  # scored where the model runs
         photos_per_step = max(1, min(g, pair_batch))
         sketches_per_step = max(1, pair_batch // photos_per_step)
         for q0 in range(0, q, sketches_per_step):
-            q_idx = torch.arange(q0, min(q, q0 + sketches_per_step))
+            q1 = min(q, q0 + sketches_per_step)
+            q_idx = torch.arange(q0, q1, device=photo.device)
             for g0 in range(0, g, photos_per_step):
-                g_idx = torch.arange(g0, min(g, g0 + photos_per_step))
-                sk = sketch.select(q_idx.repeat_interleave(len(g_idx)))
-                ph = photo.select(g_idx.repeat(len(q_idx)))
-                scores = self.pair_scores(sk, ph, precision)
-                out[q_idx[0] : q_idx[-1] + 1, g_idx[0] : g_idx[-1] + 1] = scores.view(len(q_idx), len(g_idx)).cpu()
+                g1 = min(g, g0 + photos_per_step)
+                g_idx = torch.arange(g0, g1, device=photo.device)
+                sk = sketch.select(q_idx.repeat_interleave(g1 - g0))
+                ph = photo.select(g_idx.repeat(q1 - q0))
+                out[q0:q1, g0:g1] = self.pair_scores(sk, ph, precision).view(q1 - q0, g1 - g0)
         return out
 
     @torch.no_grad()
@@ -177,11 +160,6 @@ class ZSESBIR(nn.Module):
     def forward(self, sketch: torch.Tensor, photo: torch.Tensor) -> RelationOutput:
         """Encode aligned sketch/photo images and relate them (training and tests)."""
         return self.relate(self.encode(sketch, "sketch"), self.encode(photo, "photo"))
-
-    @staticmethod
-    def ret_embedding(encoding: ZSEEncoding) -> torch.Tensor:
-        """L2-normalised pre-CA [Ret] embedding used by the `ret` mode and the ANN index."""
-        return F.normalize(encoding.ret.float(), dim=-1)
 
 
 def _with_ret(mask: torch.Tensor | None) -> torch.Tensor | None:

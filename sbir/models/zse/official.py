@@ -10,13 +10,38 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from sbir.checkpoint import CheckpointError
 from sbir.models.zse.model import ZSESBIR
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint's keys or shapes do not match the model built from the config."""
+
+
+def _release_globals() -> list:
+    """The non-tensor globals a release-style file holds, and nothing else.
+
+    The release's ``train.py`` saves ``map_all`` and ``precision_100`` from ``np.nanmean``: NumPy float64
+    scalars, pickled as ``<numpy core>.multiarray.scalar`` plus ``numpy.dtype``. NumPy 2 names its core
+    ``numpy._core``; files written under NumPy 1 say ``numpy.core``. Both names map to the same function.
+    """
+    from numpy._core.multiarray import scalar
+
+    dtype_classes = [type(np.dtype(name)) for name in ("float32", "float64")]  # a dtype's state is built on its class
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtype_classes]
+
+
+_GENERIC = ("Weights only load failed", "Please file an issue", "WeightsUnpickler error", "Check the documentation")
+
+
+def _reason(exc: Exception) -> str:
+    """The line of a torch.load error that names the problem (the rest is generic advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(_GENERIC)]
+    return (specific or lines or [type(exc).__name__])[0]
 
 
 def official_state_dict_spec() -> dict[str, tuple[int, ...]]:
@@ -30,26 +55,35 @@ def official_state_dict_spec() -> dict[str, tuple[int, ...]]:
     return spec
 
 
-def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read ``best_checkpoint.pth`` safely (weights_only) and return its model state dict."""
+def read_official_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
+    """Read ``best_checkpoint.pth`` safely (weights_only): its model state dict and the scalars saved beside it
+    (``epoch``, ``map_all``, ``precision_100`` in the release), as plain Python numbers."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"official checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"official checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_release_globals()):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle payload, a truncated zip, another format
+        raise CheckpointError(
+            f"{path}: not a readable released checkpoint (weights-only load refused it: {_reason(exc)})"
+        ) from exc
     state = payload.get("model", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"{path}: expected a dict with a 'model' state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f"{path}: expected a dict with a 'model' state dict of tensors")
+    info = {k: v.item() if isinstance(v, np.generic) else v for k, v in payload.items() if k != "model"}
+    info = {k: v for k, v in info.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k.removeprefix("module."): v for k, v in state.items()}, info
 
 
-def load_official_checkpoint(model: ZSESBIR, source: str | Path | dict[str, torch.Tensor]) -> None:
-    """Load released weights strictly into ``model``.
+def load_official_checkpoint(model: ZSESBIR, source: str | Path | dict[str, torch.Tensor]) -> dict[str, float | int]:
+    """Load released weights strictly into ``model``; returns the file's saved scalars (epoch, metrics).
 
     Keys the config deliberately has no module for are skipped by rule, never silently:
     ``rn.*`` under the ``kernel`` head, the dead CA copy when ``keep_dead_ca_copy`` is false,
     and the tokenizer when ``tokenizer_scope`` is ``none``.
     """
-    state = dict(source) if isinstance(source, dict) else read_official_state_dict(source)
+    state, info = (dict(source), {}) if isinstance(source, dict) else read_official_checkpoint(source)
     cfg = model.cfg
     skipped_prefixes = []
     if cfg.relation_head != "mlp":
@@ -74,3 +108,4 @@ def load_official_checkpoint(model: ZSESBIR, source: str | Path | dict[str, torc
             "checkpoint does not match the model config (the release needs model.zse.size=base): " + "; ".join(parts)
         )
     model.load_state_dict(state, strict=not skipped_prefixes)
+    return info

@@ -1,0 +1,38 @@
+"""MLflow tracking for sbir runs, by responsibility (none of it imports Ray; docs/tracking.md).
+
+* ``uri`` — where runs are stored: the tracking-URI policy and clients bound to one URI;
+* ``tracker`` — one run: params, metrics, tags, artifacts, its final status;
+* ``registry`` — registered models, versions and the ``champion`` rule;
+* ``references`` — checkpoint references (paths, run ids, ``runs:/``, ``models:/``) to local directories.
+"""
+
+from pipelines.tracking.references import BadCheckpointReference, CheckpointNotFound, resolve_checkpoint
+from pipelines.tracking.registry import (
+    CHAMPION_ALIAS,
+    CHECKPOINT_ARTIFACT,
+    Registration,
+    RegistryError,
+    model_name,
+    register_checkpoint,
+)
+from pipelines.tracking.tracker import MAX_PARAM_VAL_LENGTH, TRUNCATION_MARKER, Tracker, flatten_params
+from pipelines.tracking.uri import DEFAULT_DB, TrackingError, resolve_tracking_uri
+
+__all__ = [
+    "CHAMPION_ALIAS",
+    "CHECKPOINT_ARTIFACT",
+    "DEFAULT_DB",
+    "MAX_PARAM_VAL_LENGTH",
+    "TRUNCATION_MARKER",
+    "BadCheckpointReference",
+    "CheckpointNotFound",
+    "Registration",
+    "RegistryError",
+    "Tracker",
+    "TrackingError",
+    "flatten_params",
+    "model_name",
+    "register_checkpoint",
+    "resolve_checkpoint",
+    "resolve_tracking_uri",
+]

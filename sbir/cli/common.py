@@ -1,0 +1,31 @@
+"""What every `sbir` command shares: the config options and how a config is loaded."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sbir.config import Config, load_config
+
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="YAML file or built-in preset name (see `sbir config presets`)")
+]
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.num_workers=4")]
+
+
+def config_from(config: str | None, overrides: list[str] | None) -> Config:
+    """The validated config of a command (a ConfigError names the bad key; the CLI exits 2)."""
+    return load_config(config, overrides or [])
+
+
+HEADLINE = ("map_all_voc", "map_all_plain", "map_200_voc_strict", "map_200_plain_lenient", "p_100", "p_100_minR")
+
+
+def metrics_table(results: dict[str, dict[str, float]], columns: tuple[str, ...] = HEADLINE) -> str:
+    """Fixed-width table for the terminal: one row per model/mode, one column per named metric."""
+    width = max(len(name) for name in results) + 2
+    lines = ["".ljust(width) + "".join(c.rjust(22) for c in columns)]
+    for name, metrics in results.items():
+        lines.append(name.ljust(width) + "".join(f"{metrics[c]:22.4f}" for c in columns))
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""`sbir data …`: synthesise, verify and prepare datasets. Ray is imported only by `prepare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sbir.errors import SbirError, UsageError
+
+data_app = typer.Typer(help="Synthesise, verify and prepare datasets.", no_args_is_help=True)
+
+LAYOUTS = "sketchy, tuberlin, quickdraw, generic (synthetic = sketchy)"
+
+
+@data_app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="output folder (new, empty, or an earlier synth output)")],
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
+    classes: Annotated[int, typer.Option(help="number of categories")] = 100,
+    sketches_per_class: Annotated[int, typer.Option(help="sketches per category")] = 40,
+    photos_per_class: Annotated[int, typer.Option(help="photos per category")] = 40,
+    image_size: Annotated[int, typer.Option(help="image side in pixels")] = 224,
+    unseen_fraction: Annotated[float, typer.Option(help="share of categories held out as unseen")] = 0.2,
+    split: Annotated[str, typer.Option(help="split folder name for the lists")] = "zeroshot1",
+    workers: Annotated[int, typer.Option(help="processes (output does not depend on it)")] = 1,
+) -> None:
+    """Write the built-in synthetic dataset in the Sketchy-Ext layout, with split lists and pairs."""
+    from sbir.data.synth import write_synthetic_dataset
+
+    try:
+        summary = write_synthetic_dataset(
+            out,
+            seed=seed,
+            num_classes=classes,
+            sketches_per_class=sketches_per_class,
+            photos_per_class=photos_per_class,
+            image_size=image_size,
+            unseen_fraction=unseen_fraction,
+            split=split,
+            workers=workers,
+        )
+    except (ValueError, FileExistsError, NotADirectoryError) as exc:  # the writer's argument and target checks
+        raise UsageError(str(exc)) from None
+    typer.echo(
+        f"wrote {summary.num_sketches} sketches and {summary.num_photos} photos of "
+        f"{len(summary.seen_classes)} seen + {len(summary.unseen_classes)} unseen classes to {summary.dataset_root} "
+        f"in {summary.seconds:.1f} s\ncontact sheet: {summary.contact_sheet}"
+    )
+
+
+@data_app.command("verify")
+def verify(
+    layout: Annotated[str, typer.Option(help=LAYOUTS)],
+    root: Annotated[Path, typer.Option(help="dataset root (or its parent data root)")],
+    split: Annotated[str, typer.Option(help="split folder, e.g. zeroshot1")],
+    check_images: Annotated[bool, typer.Option(help="decode every image")] = True,
+    strict: Annotated[bool, typer.Option(help="treat warnings (e.g. unlisted files) as problems")] = False,
+    pairs: Annotated[Path | None, typer.Option(help="fine-grained pairs list")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check a dataset root against a split; exits 1 when anything is missing or unreadable."""
+    from sbir.data.verify import verify_dataset
+
+    report = verify_dataset(layout, root, split, check_images=check_images, strict=strict, pairs_file=pairs)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("prepare")
+def prepare(
+    source: Annotated[str, typer.Option(help=f"<layout>:<root>, layout one of {LAYOUTS}")],
+    split: Annotated[str, typer.Option(help="split folder, e.g. zeroshot1")],
+    out: Annotated[str, typer.Option(help="output folder or s3://bucket/prefix")],
+    on_bad_file: Annotated[str, typer.Option(help="fail | skip (skipped files are listed in the manifest)")] = "fail",
+    val_fraction: Annotated[float, typer.Option(help="share of seen classes held out for validation")] = 0.1,
+    val_seed: Annotated[int, typer.Option(help="seed of the validation-class choice")] = 0,
+    pairs: Annotated[Path | None, typer.Option(help="fine-grained pairs list")] = None,
+    rows_per_file: Annotated[int, typer.Option(help="rows per Parquet shard")] = 2000,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local)")] = None,
+) -> None:
+    """Turn any layout into Parquet shards plus a manifest with Ray Data (local path or s3://)."""
+    from sbir.data.readers import read_split
+
+    if ":" not in source:
+        raise UsageError(f"--source must be <layout>:<root>, e.g. sketchy:/data/Sketchy; got {source!r}")
+    layout, root = source.split(":", 1)
+    if on_bad_file not in ("fail", "skip"):
+        raise UsageError(f"--on-bad-file must be 'fail' or 'skip', got {on_bad_file!r}")
+    dataset = read_split(layout, root, split, val_fraction=val_fraction, val_seed=val_seed, pairs_file=pairs)
+
+    from pipelines.prepare import prepare_dataset
+    from pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(address)
+    manifest = prepare_dataset(dataset, out, on_bad_file=on_bad_file, rows_per_file=rows_per_file, source=source)  # type: ignore[arg-type]
+    roles = ", ".join(f"{role}: {manifest.role_total(role)}" for role in manifest.counts)
+    typer.echo(
+        f"prepared {manifest.num_rows} images ({roles}); {len(manifest.bad_files)} bad file(s) skipped\n"
+        f"manifest: {out.rstrip('/')}/manifest.json"
+    )
+
+
+@data_app.command("rasterize")
+def rasterize(
+    ndjson: Annotated[Path, typer.Argument(help="QuickDraw ndjson file (raw or simplified), one drawing per line")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the PNG sketches")],
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 224,
+    pen_width: Annotated[float, typer.Option(help="pen width in pixels")] = 3.0,
+    limit: Annotated[int | None, typer.Option(help="stop after this many drawings")] = None,
+    on_bad_line: Annotated[str, typer.Option(help="fail | skip (skipped lines are reported)")] = "fail",
+) -> None:
+    """Rasterise QuickDraw ndjson drawings to sketch PNGs named `<key_id or line number>.png`."""
+    from sbir.data.strokes import StrokeFormatError, rasterize_drawing
+
+    if on_bad_line not in ("fail", "skip"):
+        raise UsageError(f"--on-bad-line must be 'fail' or 'skip', got {on_bad_line!r}")
+    if not ndjson.is_file():
+        raise UsageError(f"{ndjson} is not a file")
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped = 0, []
+    with ndjson.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if limit is not None and written >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                image = rasterize_drawing(obj, size=size, pen_width=pen_width)
+            except (StrokeFormatError, json.JSONDecodeError, ValueError) as exc:
+                if on_bad_line == "fail":
+                    raise SbirError(f"{ndjson}:{number}: {exc}") from None
+                skipped.append(f"{ndjson}:{number}: {exc}")
+                continue
+            name = str(obj.get("key_id", number)) if isinstance(obj, dict) else str(number)
+            image.save(out / f"{name}.png")
+            written += 1
+    for problem in skipped:
+        typer.secho(f"skipped {problem}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {written} sketches to {out}; skipped {len(skipped)} bad line(s)")

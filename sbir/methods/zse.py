@@ -1,0 +1,86 @@
+"""ZSE-SBIR as a method family (docs/zse_sbir.md): a ViT with cross-attention and a relation head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from sbir.config import Config, ModelConfig
+from sbir.inference.gallery import RelationGallery
+from sbir.inference.transforms import ImageTransform
+from sbir.methods.base import MethodFamily, TrainingLoss
+from sbir.models.zse.model import ZSEEncoding
+
+
+class ZSETrainingLoss(TrainingLoss):
+    """Quadruplets from each batch; 2 x triplet + 4 x relation MSE (docs/zse_sbir.md#training)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        from sbir.losses.zse import ZSELossWeights
+
+        train = config.train
+        self.weights = ZSELossWeights(
+            triplet_weight=train.triplet_weight,
+            relation_weight=train.relation_weight,
+            margin=train.triplet_margin,
+            triplet_feature=train.triplet_feature,
+        )
+
+    def forward(self, model, batch, generator):
+        from sbir.data.batches import zse_quadruplets
+        from sbir.losses.zse import zse_loss
+
+        sketch, sketch_neg, photo_pos, photo_neg = zse_quadruplets(batch, generator)
+        return zse_loss(model, sketch, sketch_neg, photo_pos, photo_neg, self.weights)
+
+
+class ZSEFamily(MethodFamily):
+    name = "zse"
+    title = "ZSE-SBIR"
+    modes = ("ret", "rn", "rn_rerank")
+    default_mode = "rn_rerank"
+    encoding = ZSEEncoding
+    gallery = RelationGallery
+    explains = True
+
+    def build_model(self, cfg: ModelConfig, class_names: Sequence[str] | None = None, load_pretrained: bool = True):
+        from sbir.models.zse import ZSESBIR
+
+        model = ZSESBIR(cfg.zse)
+        if load_pretrained:
+            from sbir.models.zse.pretrained import load_configured_weights
+
+            load_configured_weights(model)
+        return model
+
+    def load_release_checkpoint(self, model: nn.Module, path: str) -> dict[str, Any]:
+        from sbir.models.zse import load_official_checkpoint
+
+        return load_official_checkpoint(model, path)  # type: ignore[arg-type]
+
+    def image_transform(self, config: Config, model: nn.Module | None = None) -> ImageTransform:
+        return ImageTransform(
+            "zse",
+            config.model.zse.image_size,
+            ink_threshold=config.data.sketch_ink_threshold,
+            ink_margin=config.data.sketch_ink_margin,
+        )
+
+    def encode(self, model: nn.Module, images: torch.Tensor, modality: str) -> ZSEEncoding:
+        return model.encode(images, modality)  # type: ignore[operator]
+
+    def explain(self, model: nn.Module, sketch: torch.Tensor, photo: torch.Tensor):
+        from sbir.explain import explain_pair
+
+        return explain_pair(model, sketch, photo)  # type: ignore[arg-type]
+
+    def training_loss(self, config: Config) -> TrainingLoss:
+        return ZSETrainingLoss(config)
+
+    def optimizer(self, model: nn.Module, config: Config) -> torch.optim.Optimizer:
+        """AdamW over all parameters, as the release trains."""
+        return torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)

@@ -1,0 +1,191 @@
+"""Training on Ray Train end to end: DDP on 2 workers, validation, checkpoints, evaluation, MLflow, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from tests.helpers import SHORT_TRAINING, SMALL_VAL_FRACTION, write_small_synthetic
+
+
+@pytest.fixture(scope="module")
+def synth_prepared(tmp_path_factory, ray_cluster):
+    """A small synthetic dataset (12 classes, 2 val, 3 unseen), prepared once for the module."""
+    from pipelines.prepare import prepare_dataset
+    from sbir.data.readers import read_split
+
+    root = tmp_path_factory.mktemp("train-data")
+    write_small_synthetic(root / "data")
+    split = read_split("synthetic", root / "data", "zeroshot1", val_fraction=SMALL_VAL_FRACTION, val_seed=0)
+    prepare_dataset(split, str(root / "prepared"))
+    return root
+
+
+def _config(root: Path, runs: Path, preset: str, *extra: str):
+    from sbir.config import load_config
+
+    return load_config(
+        preset,
+        [
+            f"data.root={root / 'data'}",
+            f"data.prepared={root / 'prepared'}",
+            f"run.dir={runs}",
+            *SHORT_TRAINING,
+            "eval.report_queries=2",
+            "eval.report_explanations=1",
+            *extra,
+        ],
+    )
+
+
+def test_zse_trains_on_two_workers_evaluates_tracks_and_registers(synth_prepared, tmp_path):
+    from pipelines.tracking import resolve_checkpoint
+    from pipelines.train import run_training
+    from sbir.checkpoint import load_checkpoint
+
+    runs = tmp_path / "runs"
+    config = _config(synth_prepared, runs, "synthetic_zse", "run.name=zse-test")
+    outcome = run_training(config)
+
+    assert [int(h["epoch"]) for h in outcome.history] == [1, 2]
+    assert all(h["val_score"] >= 0 for h in outcome.history), "every epoch is validated on the val classes"
+    model, meta = load_checkpoint(outcome.best_checkpoint)
+    best_epoch = max(outcome.history, key=lambda h: (h["val_score"], h["epoch"]))["epoch"]
+    assert meta.extra["epoch"] == best_epoch and len(meta.classes["unseen"]) == 3
+    assert set(outcome.test_metrics) == {"ret", "rn", "rn_rerank"}
+    for metrics in outcome.test_metrics.values():
+        assert 0.0 < metrics["map_all_voc"] <= 1.0 and metrics["n_queries"] == 3 * 6
+    report = outcome.report
+    assert report.name == "report.html" and (report.parent / "precision_recall.png").is_file()
+    assert (report.parent / "top_k.png").is_file() and any((report.parent / "explanations").rglob("*.png"))
+
+    client = mlflow.MlflowClient(outcome.tracking_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.data.params["train.epochs"] == "2" and run.data.tags["method"] == "zse"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert "test_rn_map_all_voc" in run.data.metrics
+    assert outcome.registered == "models:/sbir-zse-synthetic/1"
+    champion = resolve_checkpoint("models:/sbir-zse-synthetic@champion", outcome.tracking_uri)
+    reloaded, _ = load_checkpoint(champion)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(), strict=True)
+    )
+    assert not Path("mlflow.db").exists() and not Path("mlruns").exists()
+
+
+def _train_workers() -> list[int]:
+    """PIDs of live Ray Train worker processes (Ray sets their process title to ray::RayTrainWorker...)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"RayTrainWorker" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def _has_registered_checkpoint(run: Path) -> bool:
+    """True once the controller's snapshot names a latest checkpoint (so a restart can resume from it)."""
+    import json
+
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_without_repeating_epochs(synth_prepared, tmp_path):
+    from pipelines.train import run_training
+
+    runs = tmp_path / "runs"
+    config = _config(
+        synth_prepared,
+        runs,
+        "synthetic_clip_at",
+        "run.name=zse-kill",
+        "train.epochs=4",
+        "train.eval_at_end=false",
+        "tracking.register_model=false",
+    )
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if _has_registered_checkpoint(runs / "zse-kill") and (workers := _train_workers()):
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.append(workers[-1])
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    outcome = run_training(config)
+    killer.join(timeout=5)
+
+    assert killed, "no training worker was killed"
+    epochs = [int(h["epoch"]) for h in outcome.history]
+    assert epochs == [1, 2, 3, 4], "each epoch is trained exactly once"
+    attempts = [int(h["attempt"]) for h in outcome.history]
+    assert attempts[0] == 0 and attempts[-1] >= 1, "later epochs ran in a restarted worker group"
+    assert attempts == sorted(attempts)
+
+
+def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.prepare import read_manifest
+    from sbir.checkpoint import save_checkpoint
+    from sbir.cli import app
+    from sbir.models import build_model
+
+    config = _config(synth_prepared, tmp_path / "runs", "synthetic_zse")
+    seen = read_manifest(str(synth_prepared / "prepared")).classes.train
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(config.model), config, classes={"seen": seen})
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--checkpoint", str(checkpoint), "--prepared", str(synth_prepared / "prepared"), "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "zse/rn_rerank" in result.stdout and (out / "report.html").is_file()
+    assert set(json.loads((out / "metrics.json").read_text())) == {"ret", "rn", "rn_rerank"}
+
+    missing = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "nope" in missing.output
+
+
+def test_two_worker_runs_with_the_same_seed_train_identical_models(synth_prepared, tmp_path):
+    from pipelines.train import run_training
+    from sbir.checkpoint import load_checkpoint
+
+    def train(name: str):
+        config = _config(
+            synth_prepared,
+            tmp_path / "runs",
+            "synthetic_clip_at",
+            f"run.name={name}",
+            "train.eval_at_end=false",
+            "tracking.register_model=false",
+        )
+        outcome = run_training(config)
+        model, _ = load_checkpoint(outcome.best_checkpoint)
+        return [h["train_loss"] for h in outcome.history], model.state_dict()
+
+    losses, weights = train("repeat-a")
+    losses_again, weights_again = train("repeat-b")
+    assert losses == losses_again  # exactly: each worker trained the same batches in the same order
+    assert weights.keys() == weights_again.keys()
+    assert all(torch.equal(weights[k], weights_again[k]) for k in weights)
