@@ -1,6 +1,6 @@
 """Benchmark sbir.metrics.compute_metrics on a Sketchy-25-sized synthetic score matrix.
 
-Measures wall time and peak RSS of the full metric set (every named variant of protocols.md §5)
+Measures wall time and peak RSS of the full metric set (every named variant of docs/metrics.md#metric-names)
 and, optionally, writes the figures into their own ``## Metrics`` section of a Markdown file
 without touching the other sections.
 
@@ -135,7 +135,7 @@ Measured {args.date} on the project machine with
 
 Input: a synthetic {args.queries:,} x {args.gallery:,} float32 score matrix (the Sketchy-25 test size),
 {args.classes} classes with uneven, class-contiguous sizes, N(0, 1) noise plus {args.signal} for
-same-class pairs. The full metric set is every named variant of protocols.md §5 (`map_all_voc`,
+same-class pairs. The full metric set is every named variant of [metrics.md](metrics.md#metric-names) (`map_all_voc`,
 `map_all_plain`, the four `map_200_*`, `p_100`, `p_200`, `p_100_minR`, `p_200_minR`, `rel_at_200`
 and the counts).
 

@@ -21,8 +21,6 @@ from sbir.config import load_config
 from sbir.data.readers import read_split
 from sbir.data.synth import write_synthetic_dataset
 
-logger = logging.getLogger(__name__)
-
 DEMO_DATA = {
     "num_classes": 60,
     "sketches_per_class": 8,

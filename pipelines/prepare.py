@@ -47,9 +47,6 @@ class BadFilesError(SbirError):
         super().__init__(f"{len(bad)} bad file(s): {shown}{more}. Fix them or re-run with --on-bad-file skip")
         self.bad = bad
 
-    def __reduce__(self):  # Ray pickles errors raised in tasks; keep the constructor's argument
-        return (type(self), (self.bad,))
-
 
 @dataclass(frozen=True)
 class DataSource:
@@ -115,35 +112,35 @@ def fingerprint(split: DatasetSplit) -> str:
     return h.hexdigest()
 
 
-class LoadImages:
-    """Ray Data UDF: read each file's bytes, check it decodes, and record a checksum or the reason it failed."""
+def load_images(batch: dict[str, np.ndarray], root: str) -> dict[str, Any]:
+    """Ray Data UDF: read each file's bytes, check it decodes, and record a checksum or the reason it failed.
 
-    def __init__(self, root: str) -> None:
-        self.fs, self.base = storage.resolve(root)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        images, digests, reasons = [], [], []
-        for rel in batch["path"]:
-            data, reason = b"", ""
-            try:
-                with self.fs.open_input_stream(storage.join(self.base, str(rel))) as stream:
-                    data = stream.read()
-                with Image.open(io.BytesIO(data)) as img:
-                    img.load()
-            except FileNotFoundError:
-                reason = "missing"
-            except UnidentifiedImageError:
-                reason = "unreadable: not a recognised image format"
-            except Exception as exc:
-                reason = f"unreadable: {type(exc).__name__}: {exc}"
-            images.append(b"" if reason else data)
-            digests.append("" if reason else hashlib.sha256(data).hexdigest())
-            reasons.append(reason)
-        batch = dict(batch)
-        batch["image"] = np.array(images, dtype=object)
-        batch["sha256"] = np.array(digests, dtype=object)
-        batch["bad_reason"] = np.array(reasons, dtype=object)
-        return batch
+    A task, not an actor pool: actors of Ray Data take their arguments from the object store, and Ray logs
+    an error line about restarting such actors on every run; a filesystem handle is cheap to make per batch.
+    """
+    fs, base = storage.resolve(root)
+    images, digests, reasons = [], [], []
+    for rel in batch["path"]:
+        data, reason = b"", ""
+        try:
+            with fs.open_input_stream(storage.join(base, str(rel))) as stream:
+                data = stream.read()
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+        except FileNotFoundError:
+            reason = "missing"
+        except UnidentifiedImageError:
+            reason = "unreadable: not a recognised image format"
+        except Exception as exc:
+            reason = f"unreadable: {type(exc).__name__}: {exc}"
+        images.append(b"" if reason else data)
+        digests.append("" if reason else hashlib.sha256(data).hexdigest())
+        reasons.append(reason)
+    batch = dict(batch)
+    batch["image"] = np.array(images, dtype=object)
+    batch["sha256"] = np.array(digests, dtype=object)
+    batch["bad_reason"] = np.array(reasons, dtype=object)
+    return batch
 
 
 def _rows(split: DatasetSplit) -> list[dict[str, Any]]:
@@ -192,12 +189,13 @@ def prepare_dataset(
             return existing
 
     started = time.perf_counter()
-    ds = ray.data.from_items(_rows(split), override_num_blocks=max(1, min(64, len(split.records) // 256)))
+    blocks = max(1, min(64, len(split.records) // 256))
+    ds = ray.data.from_items(_rows(split), override_num_blocks=blocks)
     ds = ds.map_batches(
-        LoadImages,
-        fn_constructor_args=(split.root,),
+        load_images,
+        fn_kwargs={"root": split.root},
         batch_size=64,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+        compute=ray.data.TaskPoolStrategy(size=min(2, blocks)),
         num_cpus=0.5,
     )
     ds = ds.materialize()

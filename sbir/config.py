@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------- ZSE-SBIR
 
 ZSE_PRESETS: dict[str, dict[str, Any]] = {
-    # The released code's behaviour (method-zse-sbir.md §9.1): loads best_checkpoint.pth strictly.
+    # The released code's behaviour (docs/zse_sbir.md#presets): loads best_checkpoint.pth strictly.
     "official": {
         "tokenizer_scope": "both",
         "ca_wiring": "q_own_k_other_v_own",
@@ -114,7 +114,7 @@ class ZSEConfig(_Strict):
     official_checkpoint: str | None = Field(None, description="path to the released best_checkpoint.pth")
     backbone_weights: str | None = Field(None, description="ViT weights file (.safetensors/.pth/.bin)")
     backbone_key_map: Literal["timm", "sbir"] = "timm"
-    # Kernel relation head (project extension, §9.2).
+    # Kernel relation head (a project extension, docs/zse_sbir.md#kernel-relation-head).
     kernel_count: int = Field(11, ge=2)
     kernel_sigma: float = Field(0.1, gt=0)
     kernel_scale: float = Field(0.01, gt=0)
@@ -439,7 +439,7 @@ class Config(_Strict):
 
     @property
     def setting(self) -> str:
-        """The setting id of protocols.md (sketchy25, sketchy21, tuberlin30, quickdraw30, fg_sketchy, synthetic ...)."""
+        """The setting id (docs/settings.md#settings): sketchy25, sketchy21, tuberlin30, quickdraw30, fg_sketchy …"""
         if self.data.setting:
             return self.data.setting
         layout, split = self.data.layout, self.data.split

@@ -12,9 +12,32 @@ from collections.abc import Iterator
 
 
 class SbirError(Exception):
-    """A problem the user can fix; the message says what is wrong and what to do."""
+    """A problem the user can fix; the message says what is wrong and what to do.
+
+    The message is kept apart from ``args``, so a framework that annotates ``args`` on the way (Ray Data
+    appends its retry advice) cannot change what the user reads, and it survives pickling between
+    processes unchanged.
+    """
 
     exit_code: int = 1
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.message = str(args[0]) if args else ""
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[SbirError], message: str, state: dict) -> SbirError:
+    """Unpickle a project error without calling a subclass's own ``__init__`` signature."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(SbirError, ValueError):

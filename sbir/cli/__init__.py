@@ -10,6 +10,7 @@ the commands that need it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -63,11 +64,15 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="show the traceback of every error")] = False,
 ) -> None:
     _options["debug"] = debug
-    # Our own loggers at INFO; third-party libraries (open_clip logs to the root logger) only when -v.
+    # The project's loggers at INFO; third-party libraries (open_clip logs to the root logger) and Ray's own
+    # output (pipelines.ray_runtime reads SBIR_VERBOSE) only with -v.
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("sbir").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in ("sbir", "pipelines", "tune", "serve"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        os.environ["SBIR_VERBOSE"] = "1"
 
 
 @config_app.command("show")

@@ -30,20 +30,17 @@ def synth(
     """Write the built-in synthetic dataset in the Sketchy-Ext layout, with split lists and pairs."""
     from sbir.data.synth import write_synthetic_dataset
 
-    try:
-        summary = write_synthetic_dataset(
-            out,
-            seed=seed,
-            num_classes=classes,
-            sketches_per_class=sketches_per_class,
-            photos_per_class=photos_per_class,
-            image_size=image_size,
-            unseen_fraction=unseen_fraction,
-            split=split,
-            workers=workers,
-        )
-    except (ValueError, FileExistsError, NotADirectoryError) as exc:  # the writer's argument and target checks
-        raise UsageError(str(exc)) from None
+    summary = write_synthetic_dataset(
+        out,
+        seed=seed,
+        num_classes=classes,
+        sketches_per_class=sketches_per_class,
+        photos_per_class=photos_per_class,
+        image_size=image_size,
+        unseen_fraction=unseen_fraction,
+        split=split,
+        workers=workers,
+    )
     typer.echo(
         f"wrote {summary.num_sketches} sketches and {summary.num_photos} photos of "
         f"{len(summary.seen_classes)} seen + {len(summary.unseen_classes)} unseen classes to {summary.dataset_root} "

@@ -1,6 +1,6 @@
 """Parsing of ZS-SBIR split-list files and access to the official lists shipped with the package.
 
-Formats (protocols.md §3): ``cname_cid*.txt`` lines are ``<class name> <id>`` and file lists are
+Formats (docs/data.md#file-formats): ``cname_cid*.txt`` lines are ``<class name> <id>`` and file lists are
 ``<relative path> <id>``; names and paths may contain spaces, so the id is the LAST whitespace token.
 Plain class lists (generic layout) hold one class name per line. ``X.txt.gz`` is read like ``X.txt``.
 """
@@ -20,7 +20,7 @@ from sbir.data.records import DatasetError
 
 ListPath = Path | Traversable
 
-# dataset key -> folder name under resources/splits (and under a data root, protocols.md §2)
+# dataset key -> folder name under resources/splits (and under a data root, docs/data.md#dataset-root)
 OFFICIAL_DATASETS: dict[str, str] = {"sketchy": "Sketchy", "tuberlin": "TUBerlin", "quickdraw": "QuickDraw"}
 OFFICIAL_SPLITS: dict[str, tuple[str, ...]] = {
     "sketchy": ("zeroshot0", "zeroshot1"),

@@ -1,4 +1,4 @@
-"""Class-disjoint validation split for zero-shot model selection (protocols.md §1, "Validation").
+"""Class-disjoint validation split for zero-shot model selection (docs/data.md#validation-classes).
 
 A seeded, fixed fraction of the SEEN classes is held out as validation classes (10 / 10 / 22 / 8 for
 Sketchy-25 / Sketchy-21 / TU-Berlin / QuickDraw at 10%). Classes are ranked by sha256(seed, name), so

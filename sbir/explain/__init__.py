@@ -1,4 +1,4 @@
-"""Explainability outputs for ZSE-SBIR (protocols.md §7): [Ret] attention maps, sketch->photo token
+"""Explainability outputs for ZSE-SBIR (docs/explain.md): [Ret] attention maps, sketch->photo token
 correspondences, and sketch->photo synthesis by patch replacement.
 
 ``explain_pair`` computes all three for one (sketch, retrieved photo) pair; ``save_explanation``

@@ -1,4 +1,4 @@
-"""[Ret] attention maps per head (protocols.md §7, first row).
+"""[Ret] attention maps per head (docs/explain.md#ret-attention-maps).
 
 Row 0 of the last self-attention block's softmax (the [Ret] query) restricted to the patch
 columns gives one grid x grid map per head. Under EViT the kept tokens are placed back at their

@@ -1,4 +1,4 @@
-"""Sketch-token -> photo-token correspondences from the cross-attention (protocols.md §7, second row).
+"""Sketch-token -> photo-token correspondences from the cross-attention (docs/explain.md#token-correspondences).
 
 Method ``attention``: take the CA attention whose *queries are sketch tokens and keys are photo
 tokens*, drop the [Ret] row and column, average the heads and renormalise each row over the

@@ -1,4 +1,4 @@
-"""Sketch -> photo synthesis by patch replacement (protocols.md §7, third row).
+"""Sketch -> photo synthesis by patch replacement (docs/explain.md#patch-replacement-synthesis).
 
 For each sketch cell i = (r, c) a photo cell j* is chosen from the affinity M (argmax of row i,
 or a one-to-one Hungarian assignment), and the photo's patch_size x patch_size pixel block at

@@ -6,7 +6,6 @@ and serving all encode through :class:`Encoder`. Images go to the model's device
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,9 +86,3 @@ class Encoder:
     def encode_bytes(self, data: Sequence[bytes], modality: str) -> Encoding:
         """Encoded image files (PNG, JPEG …) -> encoding."""
         return self.encode(torch.stack([self.transform.decode(item, modality) for item in data]), modality)
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Decode image bytes to RGB (used where a caller needs the picture itself, e.g. for reports)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")

@@ -1,9 +1,9 @@
 """Image preprocessing for both methods, applied at load time so one prepared dataset serves both.
 
-ZSE-SBIR (method-zse-sbir.md §3): photos are resized to a square (bicubic); sketches are cropped to
+ZSE-SBIR (docs/zse_sbir.md#preprocessing): photos are resized to a square (bicubic); sketches are cropped to
 their ink bounding box (R+G+B <= threshold, with a margin), resized on the long side (bilinear) and
 padded to a square with white. An ink-free sketch falls back to the full image. Both normalise with
-mean 0.5 / std 0.5. CLIP-AT (method-clip-at.md §7.4): aspect-preserving resize, pad with `pad_fill`,
+mean 0.5 / std 0.5. CLIP-AT (docs/clip_at.md#preprocessing): aspect-preserving resize, pad with `pad_fill`,
 then the model's mean/std.
 """
 

@@ -1,4 +1,4 @@
-"""CLIP-AT losses (method-clip-at.md §3, §7.3), pure torch.
+"""CLIP-AT losses (docs/clip_at.md#losses), pure torch.
 
 * distance d(a, b) = 1 - cos(a, b);
 * triplet (category-level, or "hard" fine-grained when the negative is a same-class photo);

@@ -2,7 +2,7 @@
 
 A training item is a quadruplet (sketch, same-class sketch_neg, photo_pos, other-class photo_neg).
 Pairs are related index-aligned: (sketch_i, photo_pos_i) should score 0.99 and
-(sketch_neg_i, photo_neg_i) 0.01, as in the released code (method-zse-sbir.md §4).
+(sketch_neg_i, photo_neg_i) 0.01, as in the released code (docs/zse_sbir.md#training).
 """
 
 from __future__ import annotations

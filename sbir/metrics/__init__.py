@@ -1,6 +1,6 @@
-"""Retrieval metrics: every named AP / precision / accuracy variant of protocols.md §5.
+"""Retrieval metrics: every named AP / precision / accuracy variant of docs/metrics.md.
 
-Pure NumPy/PyTorch (no Ray), chunked over queries so memory stays bounded. See docs/metrics.md.
+Pure NumPy/PyTorch (no Ray), chunked over queries so memory stays bounded.
 """
 
 from sbir.metrics.names import COUNT_NAMES, PAIR_COUNT_NAMES, MetricInfo, format_metrics, metric_infos, metric_names

@@ -1,6 +1,6 @@
 """Metric names, their definitions, and a plain-text table helper.
 
-Every number the evaluator reports carries one of these names (protocols.md §5): there is never an
+Every number the evaluator reports carries one of these names (docs/metrics.md#metric-names): there is never an
 unnamed "mAP". The cut (default 200) and the precision depths (default 100 and 200) are part of the
 names, so ``metric_names(cut=100, ks=(50,))`` gives ``map_100_voc_strict``, ``p_50`` and so on.
 """
@@ -18,7 +18,7 @@ PAIR_COUNT_NAMES: tuple[str, ...] = ("n_queries_pair", "n_queries_no_pair")
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """One named metric: what it computes and who uses it (protocols.md §5.2-5.4)."""
+    """One named metric: what it computes and who uses it (docs/metrics.md#metric-names, #published-tables)."""
 
     name: str
     definition: str

@@ -1,4 +1,4 @@
-"""Ranking metrics for sketch-based image retrieval: every variant of protocols.md §5, side by side.
+"""Ranking metrics for sketch-based image retrieval: every variant of docs/metrics.md, side by side.
 
 What: given a query x gallery score matrix (higher = more similar) and class labels, compute the
 AP family (``map_all_voc``, ``map_all_plain``, ``map_{cut}_voc_strict``, ``map_{cut}_plain_strict``,
@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sbir.errors import SbirError
 from sbir.metrics.names import metric_names
 
 TieBreak = Literal["random", "stable_index", "optimistic", "pessimistic"]
@@ -48,7 +49,7 @@ TieBreak = Literal["random", "stable_index", "optimistic", "pessimistic"]
 TIE_BREAKS: tuple[str, ...] = ("random", "stable_index", "optimistic", "pessimistic")
 
 
-class MetricInputError(ValueError):
+class MetricInputError(SbirError, ValueError):
     """Bad input to the metric functions (shape, dtype, NaN, empty gallery, ...)."""
 
 
@@ -520,7 +521,7 @@ def compute_metrics(
     pair_index: Any = None,
     acc_ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
-    """Every named retrieval metric of protocols.md §5 for one score matrix, as ``{name: value}``.
+    """Every named retrieval metric of docs/metrics.md for one score matrix, as ``{name: value}``.
 
     Args:
         scores: Q x G similarity matrix (torch tensor on any device, or NumPy array; higher = more

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -52,7 +53,12 @@ def test_zse_trains_on_two_workers_evaluates_tracks_and_registers(synth_prepared
 
     runs = tmp_path / "runs"
     config = _config(synth_prepared, runs, "synthetic_zse", "run.name=zse-test")
-    outcome = run_training(config)
+    lines: list[str] = []
+    outcome = run_training(config, echo=lines.append)
+
+    epoch_lines = [line for line in lines if " epoch " in line and "loss" in line]
+    assert [line.split(" epoch ")[1].split()[0] for line in epoch_lines] == ["1/2", "2/2"], lines
+    assert all("val map_all_voc" in line and "elapsed" in line for line in epoch_lines)
 
     assert [int(h["epoch"]) for h in outcome.history] == [1, 2]
     assert all(h["val_score"] >= 0 for h in outcome.history), "every epoch is validated on the val classes"
@@ -189,3 +195,27 @@ def test_two_worker_runs_with_the_same_seed_train_identical_models(synth_prepare
     assert losses == losses_again  # exactly: each worker trained the same batches in the same order
     assert weights.keys() == weights_again.keys()
     assert all(torch.equal(weights[k], weights_again[k]) for k in weights)
+
+
+def test_a_failure_after_training_marks_the_mlflow_run_failed_and_names_the_problem(synth_prepared, tmp_path):
+    from pipelines.train import run_training
+    from sbir.data.records import DatasetError
+
+    missing = tmp_path / "no-such-target"
+    config = _config(
+        synth_prepared,
+        tmp_path / "runs",
+        "synthetic_clip_at",
+        "run.name=fails-late",
+        "train.epochs=1",
+        "tracking.register_model=false",
+        f"eval.targets=[{{name: other, root: {missing}, layout: synthetic, split: zeroshot1}}]",
+    )
+    with pytest.raises(DatasetError, match="no-such-target"):
+        run_training(config)
+    run_id = json.loads((tmp_path / "runs" / "fails-late" / "run.json").read_text())["mlflow_run_id"]
+    from pipelines.tracking import resolve_tracking_uri
+
+    run = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path / "runs")).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert (tmp_path / "runs" / "fails-late" / "best" / "checkpoint.json").is_file(), "training itself finished"

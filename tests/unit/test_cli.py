@@ -48,3 +48,17 @@ def test_convert_official_writes_a_project_checkpoint(tmp_path):
     reloaded, meta = load_checkpoint(out)
     assert meta.extra["source"] == str(release)
     assert torch.equal(reloaded.conv2d.weight, model.conv2d.weight)
+
+
+def test_convert_official_keeps_the_release_files_epoch_and_metrics(tmp_path):
+    from tests.unit.test_zse_model import _save_like_the_release
+
+    model = ZSESBIR(ZSEConfig(size="tiny"))
+    release = tmp_path / "best_checkpoint.pth"
+    _save_like_the_release(release, model.state_dict())
+    out = tmp_path / "converted"
+    result = runner.invoke(app, ["model", "convert-official", str(release), "--out", str(out), "model.zse.size=tiny"])
+    assert result.exit_code == 0, result.output
+    _, meta = load_checkpoint(out)
+    assert (meta.extra["release_epoch"], meta.extra["release_map_all"]) == (7, 0.625)
+    assert "release epoch=7" in result.output

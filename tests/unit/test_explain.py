@@ -1,4 +1,4 @@
-"""Explainability outputs (protocols.md §7) on a random-init tiny ZSE-SBIR in eval mode."""
+"""Explainability outputs (docs/explain.md) on a random-init tiny ZSE-SBIR in eval mode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics (protocols.md §5) against a plain per-query reference, sklearn, and hand-computed cases."""
+"""Metrics (docs/metrics.md) against a plain per-query reference, sklearn, and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def ref_order(s: np.ndarray, rel: np.ndarray, mode: str, key: np.ndarray) -> lis
 
 
 def ref_query(s, rel, mode, key, cut, ks):
-    """All label metrics of one query from the definitions in protocols.md §5.2-5.3 (None if R = 0)."""
+    """All label metrics of one query from the definitions in docs/metrics.md#metric-names (None if R = 0)."""
     n = len(s)
     order = ref_order(s, rel, mode, key)
     y = [int(rel[j]) for j in order]
@@ -184,7 +184,7 @@ def test_tie_free_agrees_across_modes_and_with_sklearn():
 
 
 def test_protocols_example_p100():
-    # R = 40: hits at ranks 1-30 and 51-60 (protocols.md §5.3).
+    # R = 40: hits at ranks 1-30 and 51-60 (the example in docs/metrics.md#metric-names).
     n_g = 300
     rel_ranks = list(range(1, 31)) + list(range(51, 61))
     scores = -np.arange(1, n_g + 1, dtype=np.float64)[None, :]  # column j has rank j + 1

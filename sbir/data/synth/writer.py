@@ -26,6 +26,7 @@ from tqdm import tqdm
 from sbir.data.strokes import box_to_pixels, pixels_to_box, simplify_strokes, to_simplified_drawing
 from sbir.data.synth.render import draw_sketch, render_photo, sketch_strokes
 from sbir.data.synth.shapes import Category, category_catalogue, to_canvas
+from sbir.errors import SbirError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -140,19 +141,19 @@ def _validate(
 ) -> None:
     available = len(category_catalogue())
     if not 2 <= num_classes <= available:
-        raise ValueError(f"num_classes must be between 2 and {available} (catalogue size), got {num_classes}")
+        raise SynthArgumentError(f"num_classes must be between 2 and {available} (catalogue size), got {num_classes}")
     if sketches < 1 or photos < 1:
-        raise ValueError(f"need at least one sketch and one photo per class, got {sketches} and {photos}")
+        raise SynthArgumentError(f"need at least one sketch and one photo per class, got {sketches} and {photos}")
     if size < 32:
-        raise ValueError(f"image_size must be at least 32 px, got {size}")
+        raise SynthArgumentError(f"image_size must be at least 32 px, got {size}")
     if not 0.0 <= unseen_fraction < 1.0:
-        raise ValueError(f"unseen_fraction must be in [0, 1), got {unseen_fraction}")
+        raise SynthArgumentError(f"unseen_fraction must be in [0, 1), got {unseen_fraction}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", split) or split in ("256x256", STROKES_DIR):
-        raise ValueError(f"split must be a plain folder name such as 'zeroshot1', got {split!r}")
+        raise SynthArgumentError(f"split must be a plain folder name such as 'zeroshot1', got {split!r}")
     if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        raise SynthArgumentError(f"seed must be a non-negative integer, got {seed}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise SynthArgumentError(f"workers must be >= 1, got {workers}")
 
 
 def read_synth_manifest(out: Path) -> dict[str, Any] | None:
@@ -165,14 +166,30 @@ def read_synth_manifest(out: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("generator") == GENERATOR else None
 
 
+class SynthArgumentError(UsageError):
+    """An argument of the synthetic-dataset writer is out of range."""
+
+
+class SynthTargetNotADirectory(SbirError, NotADirectoryError):
+    """The output path exists and is a file."""
+
+    exit_code = 2
+
+
+class SynthTargetNotEmpty(SbirError, FileExistsError):
+    """The output folder holds something other than an earlier synthetic dataset (never overwritten)."""
+
+    exit_code = 2
+
+
 def _prepare_out(out: Path) -> None:
     """Create `out`, or clear a previous synthetic dataset there; refuse any other non-empty directory."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a directory")
+        raise SynthTargetNotADirectory(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         ours = read_synth_manifest(out) is not None or (out / INCOMPLETE_NAME).is_file()
         if not ours:
-            raise FileExistsError(
+            raise SynthTargetNotEmpty(
                 f"refusing to write into {out}: it is not empty and holds no synthetic dataset "
                 f"({MANIFEST_NAME} or {INCOMPLETE_NAME} missing); pass an empty or new directory"
             )
@@ -231,7 +248,7 @@ def write_synthetic_dataset(
     workers: int = 1,
     progress: bool = True,
 ) -> SynthSummary:
-    """Write the procedural sketch/photo dataset under `out` in the Sketchy-Ext layout (see docs/data_synth.md).
+    """Write the procedural sketch/photo dataset under `out` in the Sketchy-Ext layout (see docs/synthetic.md).
 
     Output is byte-identical for the same arguments (whatever `workers`). `out` must be new, empty or a
     previous synthetic dataset (which is replaced); the manifest is written last to mark completion.

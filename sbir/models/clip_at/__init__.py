@@ -1,4 +1,4 @@
-"""CLIP-AT: visual prompts and LayerNorm tuning on a frozen open_clip ViT (method-clip-at.md).
+"""CLIP-AT: visual prompts and LayerNorm tuning on a frozen open_clip ViT (docs/clip_at.md).
 
 Importing this package registers the package's open_clip model configs (``sbir-tiny-vit``).
 """

@@ -19,7 +19,21 @@ from open_clip.constants import IMAGENET_MEAN, IMAGENET_STD, OPENAI_DATASET_MEAN
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from sbir.errors import ConfigError, SbirError
+
 log = logging.getLogger(__name__)
+
+
+class BackboneConfigError(ConfigError):
+    """The configured open_clip model or weights cannot be used for CLIP-AT."""
+
+
+class BackboneWeightsMissing(SbirError, FileNotFoundError):
+    """A local backbone weights file that does not exist."""
+
+
+class BackboneLoadError(SbirError, RuntimeError):
+    """open_clip could not build the model or load its weights."""
 
 TINY_MODEL_NAME = "sbir-tiny-vit"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
@@ -56,7 +70,7 @@ def _unknown_model_error(name: str) -> ValueError:
     models = open_clip.list_models()
     close = difflib.get_close_matches(name, models, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ValueError(
+    return BackboneConfigError(
         f"unknown open_clip model {name!r}.{hint} See open_clip.list_models() for the "
         f"{len(models)} known names (e.g. ViT-B-32-quickgelu, ViT-B-16, {TINY_MODEL_NAME})."
     )
@@ -75,12 +89,12 @@ def check_vit_config(name: str) -> None:
         raise _unknown_model_error(name)
     vision = cfg.get("vision_cfg", {})
     if vision.get("timm_model_name"):
-        raise ValueError(
+        raise BackboneConfigError(
             f"backbone {name!r} has a timm visual tower ({vision['timm_model_name']}); CLIP-AT's visual "
             "prompts need an open_clip VisionTransformer tower (e.g. ViT-B-32-quickgelu, ViT-B-16)"
         )
     if isinstance(vision.get("layers"), list | tuple):
-        raise ValueError(
+        raise BackboneConfigError(
             f"backbone {name!r} has a ResNet visual tower; CLIP-AT's visual prompts need an open_clip "
             "VisionTransformer tower (e.g. ViT-B-32-quickgelu, ViT-B-16)"
         )
@@ -94,7 +108,7 @@ def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
     if pretrained is None or pretrained == "":
         return None
     if name.startswith(_SCHEMAS):
-        raise ValueError(
+        raise BackboneConfigError(
             f"backbone {name!r} uses an open_clip schema that brings its own weights; set pretrained to null"
         )
     path = Path(os.path.expanduser(pretrained))
@@ -104,12 +118,12 @@ def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
     if pretrained in tags:
         return pretrained
     if os.sep in pretrained or "/" in pretrained or path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        raise FileNotFoundError(
+        raise BackboneWeightsMissing(
             f"pretrained checkpoint {pretrained!r} does not exist (or is not a file); give the path of an "
             f"open_clip state dict ({', '.join(CHECKPOINT_SUFFIXES)}), a tag, or null for random weights"
         )
     known = ", ".join(tags) if tags else "none"
-    raise ValueError(
+    raise BackboneConfigError(
         f"pretrained={pretrained!r} is neither a known open_clip tag for {name!r} (known tags: {known}) "
         "nor an existing checkpoint file; use null for random weights"
     )
@@ -128,28 +142,28 @@ def load_backbone(name: str, pretrained: str | None) -> Backbone:
         model = open_clip.create_model(name, pretrained=weights, device="cpu", precision="fp32")
     except (RuntimeError, OSError, KeyError) as exc:
         if weights is not None and Path(weights).is_file():
-            raise RuntimeError(
+            raise BackboneLoadError(
                 f"could not load checkpoint {weights!r} into open_clip model {name!r}: {exc}. `pretrained` "
                 "expects a full open_clip CLIP state dict for this architecture (a CLIP-AT training "
                 "checkpoint is loaded with ClipAT.load_state_dict instead)"
             ) from exc
         if weights is not None:
-            raise RuntimeError(
+            raise BackboneLoadError(
                 f"could not obtain pretrained weights {weights!r} for {name!r}: {exc}. Downloading needs "
                 "internet access (or a warm Hugging Face cache); offline, pass a local checkpoint path as "
                 "pretrained, or null for random weights"
             ) from exc
-        raise RuntimeError(f"could not build open_clip model {name!r}: {exc}") from exc
+        raise BackboneLoadError(f"could not build open_clip model {name!r}: {exc}") from exc
 
     visual = getattr(model, "visual", None)
     if not isinstance(visual, VisionTransformer):
-        raise ValueError(
+        raise BackboneConfigError(
             f"backbone {name!r} has a {type(visual).__name__} visual tower; CLIP-AT's visual prompts need "
             "an open_clip VisionTransformer tower"
         )
     height, width = visual.image_size
     if height != width:
-        raise ValueError(f"backbone {name!r} expects non-square {height}x{width} input; CLIP-AT needs square")
+        raise BackboneConfigError(f"backbone {name!r} expects non-square {height}x{width} input; CLIP-AT needs square")
     cfg = getattr(visual, "preprocess_cfg", {}) or {}
     mean = tuple(float(v) for v in cfg.get("mean", OPENAI_DATASET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", OPENAI_DATASET_STD))
@@ -174,4 +188,4 @@ def normalization_stats(
         return backbone.mean, backbone.std
     if normalization == "imagenet":
         return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)  # type: ignore[return-value]
-    raise ValueError(f"normalization must be 'model' or 'imagenet', got {normalization!r}")
+    raise BackboneConfigError(f"normalization must be 'model' or 'imagenet', got {normalization!r}")

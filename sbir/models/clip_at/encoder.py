@@ -1,6 +1,6 @@
 """The prompted forward of an open_clip VisionTransformer (CLIP-AT token layout).
 
-Layout (method-clip-at.md §2): CLS + patch tokens get the positional embedding, then K prompt
+Layout (docs/clip_at.md#encoder): CLS + patch tokens get the positional embedding, then K prompt
 vectors are **appended** without one; ``ln_pre``, the blocks, and the tower's own pooling on the
 original tokens only (prompts excluded), ``ln_post`` and the projection. Deep prompting replaces
 the prompt outputs of each block with that layer's fresh prompts before the next block.

@@ -4,7 +4,7 @@
 ``official_freeze`` (released code): the filter that freezes only parameters named exactly
 ``weight``/``bias`` on non-LayerNorm modules, applied to the visual tower. It leaves all LayerNorms,
 the attention in-projections, the class/positional embeddings and the output projection trainable
-(21,733,632 parameters for ViT-B/32, method-clip-at.md §6.3).
+(21,733,632 parameters for ViT-B/32, docs/clip_at.md#what-is-trained).
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ class ZSESBIR(nn.Module):
 
         ``fp16`` mimics the release's test precision: on CUDA the relation stage runs under fp16
         autocast; on CPU it runs in fp32 and the scores are rounded to fp16, which reproduces the
-        heavy score ties that matter for ranking (protocols.md §5.1).
+        heavy score ties that matter for ranking (docs/metrics.md#ties).
         """
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from sbir.errors import ConfigError
 from sbir.models.zse.model import ZSESBIR
 from sbir.models.zse.official import CheckpointMismatchError, load_official_checkpoint
 
@@ -38,7 +39,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors or a torch file (weights_only; never unpickles objects)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise CheckpointMismatchError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -97,7 +98,7 @@ def load_configured_weights(model: ZSESBIR) -> None:
     """Apply `official_checkpoint` or `backbone_weights` from the config, if set."""
     cfg = model.cfg
     if cfg.official_checkpoint and cfg.backbone_weights:
-        raise ValueError("set either model.zse.official_checkpoint or model.zse.backbone_weights, not both")
+        raise ConfigError("set either model.zse.official_checkpoint or model.zse.backbone_weights, not both")
     if cfg.official_checkpoint:
         load_official_checkpoint(model, cfg.official_checkpoint)
     elif cfg.backbone_weights:

@@ -2,7 +2,7 @@
 
 Heads map the n x n sketch-token x photo-token cosine matrix S to a score r in (0, 1):
 ``mlp`` is the release's n^2 -> n^1.5 -> n -> 1 network; ``kernel`` is this project's RBF kernel
-pooling (K-NRM style, method-zse-sbir.md §9.2) with K + 1 trainable parameters.
+pooling (K-NRM style, docs/zse_sbir.md#kernel-relation-head) with K + 1 trainable parameters.
 """
 
 from __future__ import annotations
