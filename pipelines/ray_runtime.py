@@ -49,9 +49,7 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> Non
         # Fractional-CPU data tasks start many worker processes at once; the raylet's default start-up
         # concurrency (the core count) makes it warn about every burst on a small machine.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(2 * local_cpus()))
-        ray.init(
-            num_cpus=num_cpus or local_cpus(), include_dashboard=False, log_to_driver=verbose, logging_level=level
-        )
+        ray.init(num_cpus=num_cpus or local_cpus(), include_dashboard=False, log_to_driver=verbose, logging_level=level)
     configure_ray_data(verbose)
 
 

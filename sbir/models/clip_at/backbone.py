@@ -35,6 +35,7 @@ class BackboneWeightsMissing(SbirError, FileNotFoundError):
 class BackboneLoadError(SbirError, RuntimeError):
     """open_clip could not build the model or load its weights."""
 
+
 TINY_MODEL_NAME = "sbir-tiny-vit"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 _SCHEMAS = ("hf-hub:", "local-dir:")
