@@ -82,7 +82,7 @@ def save_checkpoint(
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=False))
     tmp.replace(meta_path)
-    logger.info("saved %s checkpoint to %s", config.model.method, directory)
+    logger.debug("saved %s checkpoint to %s", config.model.method, directory)
     return directory
 
 

@@ -155,5 +155,5 @@ def save_explanation(
             score=np.float32(expl.score),
         )
         paths.append(npz)
-    logger.info("wrote %d explanation files to %s", len(paths), out)
+    logger.debug("wrote %d explanation files to %s", len(paths), out)
     return paths

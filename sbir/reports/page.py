@@ -328,5 +328,5 @@ def write_report(
     files.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     files.markdown.write_text(_markdown(doc, rows, runs), encoding="utf-8")
     files.html.write_text(_html(doc, rows, runs), encoding="utf-8")
-    logger.info("wrote report %s (%d runs, %d metrics, %d images)", out, len(runs), len(rows), len(image_links))
+    logger.debug("wrote report %s (%d runs, %d metrics, %d images)", out, len(runs), len(rows), len(image_links))
     return files

@@ -38,27 +38,33 @@ def _one_line_error(result, code: int, *needles: str) -> str:
     return lines[0]
 
 
-def _no_ray_started() -> None:
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized(), "the check ran after Ray started"
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the command gets as far as connecting to Ray (its checks must come first)."""
+    import pipelines.ray_runtime
+    import pipelines.train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command connected to Ray before checking its input")
+
+    for module in (pipelines.ray_runtime, pipelines.train):
+        monkeypatch.setattr(module, "ensure_ray", refuse)
 
 
-def test_a_corrupt_checkpoint_json_is_one_line(checkpoint):
+def test_a_corrupt_checkpoint_json_is_one_line(checkpoint, no_ray):
     (checkpoint / "checkpoint.json").write_text('{"format_version": 1, "config": ')
     _one_line_error(runner.invoke(app, ["eval", "--checkpoint", str(checkpoint)]), 1, "checkpoint.json", "JSON")
-    _no_ray_started()
 
 
-def test_a_truncated_weights_file_is_one_line(checkpoint):
+def test_a_truncated_weights_file_is_one_line(checkpoint, no_ray):
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     _one_line_error(runner.invoke(app, ["eval", "--checkpoint", str(checkpoint)]), 1, "model.safetensors")
-    _no_ray_started()
 
 
-def test_a_missing_dataset_root_is_one_line_before_ray_starts(tmp_path):
+def test_a_missing_dataset_root_is_one_line_before_ray_starts(tmp_path, no_ray):
     args = ["train", "-c", "synthetic_zse", f"data.root={tmp_path / 'nowhere'}", f"run.dir={tmp_path / 'runs'}"]
     _one_line_error(runner.invoke(app, args), 1, "nowhere", "does not exist")
-    _no_ray_started()
 
 
 def test_a_config_file_with_a_yaml_error_names_the_file(tmp_path):

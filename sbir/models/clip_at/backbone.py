@@ -7,9 +7,11 @@ long download attempt, with a message that says what to pass instead.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -130,6 +132,25 @@ def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
     )
 
 
+class _NoRandomWeightsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _asked_for_random_weights(asked: bool) -> Iterator[None]:
+    """Hide open_clip's root-logger warning about random weights when random weights are what was asked for."""
+    if not asked:
+        yield
+        return
+    root, hide = logging.getLogger(), _NoRandomWeightsWarning()
+    root.addFilter(hide)
+    try:
+        yield
+    finally:
+        root.removeFilter(hide)
+
+
 def load_backbone(name: str, pretrained: str | None) -> Backbone:
     """Build an open_clip model with a ViT visual tower and load its weights.
 
@@ -140,7 +161,8 @@ def load_backbone(name: str, pretrained: str | None) -> Backbone:
     check_vit_config(name)
     weights = resolve_pretrained(name, pretrained)
     try:
-        model = open_clip.create_model(name, pretrained=weights, device="cpu", precision="fp32")
+        with _asked_for_random_weights(weights is None):
+            model = open_clip.create_model(name, pretrained=weights, device="cpu", precision="fp32")
     except (RuntimeError, OSError, KeyError) as exc:
         if weights is not None and Path(weights).is_file():
             raise BackboneLoadError(
@@ -169,7 +191,7 @@ def load_backbone(name: str, pretrained: str | None) -> Backbone:
     mean = tuple(float(v) for v in cfg.get("mean", OPENAI_DATASET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", OPENAI_DATASET_STD))
     logit_scale = float(model.logit_scale.detach().exp().item())
-    log.info("open_clip backbone %s (pretrained=%s): %dpx, logit scale %.2f", name, weights, height, logit_scale)
+    log.debug("open_clip backbone %s (pretrained=%s): %dpx, logit scale %.2f", name, weights, height, logit_scale)
     return Backbone(
         model=model,
         name=name,

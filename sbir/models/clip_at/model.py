@@ -194,7 +194,7 @@ def build_clip_at(cfg: ClipATConfig, class_names: Sequence[str] | None = None) -
     model = ClipAT(cfg, backbone)
     if class_names:
         model.set_classes(class_names)
-    log.info(
+    log.debug(
         "CLIP-AT %s: %d trainable parameters (freeze=%s, prompts=%s/%s x %d, ln=%s)",
         cfg.backbone,
         model.trainable_parameter_count(),

@@ -88,7 +88,7 @@ class TextClassifier(nn.Module):
         prompts = [format_prompt(self.template, name) for name in names]
         self.class_embeddings = self.embed_texts(prompts)
         self.class_names = names
-        log.info("CLIP-AT classifier: %d classes, e.g. %r", len(names), prompts[0])
+        log.debug("CLIP-AT classifier: %d classes, e.g. %r", len(names), prompts[0])
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Logits ``scale * cos(embedding, class text)``: B x C."""
