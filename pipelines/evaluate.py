@@ -159,7 +159,6 @@ def evaluate_checkpoint(
     """Evaluate a project checkpoint on one role of a prepared dataset (or a cross-dataset target)."""
     checkpoint = Path(checkpoint)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     meta = read_checkpoint_meta(checkpoint)
     config = config or meta.config
     model, _ = load_checkpoint(checkpoint, device=resolve_device(config.eval.device))
@@ -205,6 +204,7 @@ def evaluate_checkpoint(
     }
     from pipelines.report import write_evaluation_report
 
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty report folder
     report = write_evaluation_report(
         out, model, family, config, evaluation, metrics, info, notes, encoded, prepared, class_names, transform
     )

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from ray.data.expressions import col
 
 from pipelines import storage
-from sbir.config import Config
+from sbir.config import Config, ConfigError
 from sbir.data.manifest import FORMAT_VERSION, PreparedDataMissing, PreparedManifest
 from sbir.data.records import DatasetSplit
 from sbir.errors import SbirError
@@ -78,13 +78,17 @@ class DataSource:
 
 
 def ensure_prepared(
-    target: str, source: DataSource, *, reuse_existing: bool, connect: Callable[[], None] | None = None
+    target: str,
+    source: DataSource,
+    *,
+    reuse_existing: bool,
+    before_prepare: Callable[[DatasetSplit], None] | None = None,
 ) -> PreparedManifest:
     """The prepared dataset at `target`: as it is when it holds a manifest and `reuse_existing`, else
     `source` prepared into it (idempotent: unchanged inputs are not prepared again).
 
-    The source is read first, so a missing root fails before Ray starts; `connect` (e.g. ``ensure_ray``)
-    is called only when there is something to prepare.
+    The source is read first, so a missing root fails before Ray starts; `before_prepare` (checks of the
+    split, then e.g. connecting to Ray) runs only when there is something to prepare.
     """
     if reuse_existing:
         try:
@@ -93,8 +97,9 @@ def ensure_prepared(
             if storage.is_s3(target):
                 raise
     split = source.read()
-    if connect is not None:
-        connect()
+    storage.check_writable(target)
+    if before_prepare is not None:
+        before_prepare(split)
     return prepare_dataset(split, target, source=source.name)
 
 
@@ -156,14 +161,38 @@ def training_data(config: Config) -> tuple[str, DataSource]:
     return target, source
 
 
-def prepare_training_data(config: Config) -> tuple[str, PreparedManifest]:
+def prepare_training_data(config: Config, *, check_selection: bool = True) -> tuple[str, PreparedManifest]:
     """A run's prepared dataset: ``data.prepared`` as it is if it holds a manifest, else prepared from
-    ``data.root`` (read, and a missing root reported, before Ray is started)."""
+    ``data.root``. The split is read, and a missing root or too few validation classes reported, before
+    Ray is started."""
     from pipelines.ray_runtime import ensure_ray
 
+    def before_prepare(split: DatasetSplit) -> None:
+        if check_selection:
+            check_validation_classes(config, split.val_classes)
+        ensure_ray(config.run.ray_address, timeout_s=config.run.ray_connect_timeout_s)
+
     target, source = training_data(config)
-    connect = lambda: ensure_ray(config.run.ray_address)  # noqa: E731
-    return target, ensure_prepared(target, source, reuse_existing=bool(config.data.prepared), connect=connect)
+    manifest = ensure_prepared(target, source, reuse_existing=bool(config.data.prepared), before_prepare=before_prepare)
+    if check_selection:
+        check_validation_classes(config, manifest.classes.val)
+    return target, manifest
+
+
+MIN_VALIDATION_CLASSES = 2
+
+
+def check_validation_classes(config: Config, val_classes: list[str]) -> None:
+    """Model selection on held-out seen classes needs at least two of them: with one, every validation
+    query's relevant photos are the whole gallery and the metric is 1.0 whatever the model does."""
+    if config.train.model_selection != "seen_val" or not val_classes:
+        return  # no validation classes: the latest checkpoint is kept (warned when the trainer is built)
+    if len(val_classes) < MIN_VALIDATION_CLASSES:
+        raise ConfigError(
+            f"data.val_fraction={config.data.val_fraction} holds out {len(val_classes)} validation class "
+            f"({', '.join(val_classes)}); model selection needs at least {MIN_VALIDATION_CLASSES} (its metric would "
+            "always be 1.0): raise data.val_fraction, or set it to 0 to keep the latest checkpoint"
+        )
 
 
 def prepare_dataset(
@@ -232,10 +261,8 @@ def prepare_dataset(
         },
         out,
     )
-    old = storage.read_json(fs, manifest_path).get("data_dir") if storage.exists(fs, manifest_path) else None
     storage.write_json(fs, manifest_path, manifest.to_json())
-    if old and old != data_dir:
-        storage.delete_dir(fs, storage.join(base, old))
+    _remove_other_shard_folders(fs, base, keep=data_dir)
     logger.info(
         "prepared %d images (%d bad) into %s at %.0f img/s",
         len(kept),
@@ -244,6 +271,15 @@ def prepare_dataset(
         manifest.images_per_second or 0,
     )
     return manifest
+
+
+def _remove_other_shard_folders(fs: pafs.FileSystem, base: str, keep: str) -> None:
+    """Shard folders the manifest does not name: an earlier preparation's, or an interrupted one's."""
+    for info in fs.get_file_info(pafs.FileSelector(base)):
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name.startswith("data-") and name != keep:
+            logger.info("removing shards the manifest does not name: %s", name)
+            storage.delete_dir(fs, info.path)
 
 
 def _counts(records: list) -> dict[str, Any]:
@@ -261,7 +297,11 @@ def read_manifest(prepared: str) -> PreparedManifest:
     """Manifest of a prepared dataset, or an error saying it is missing or incomplete."""
     fs, base = storage.resolve(prepared)
     path = storage.join(base, MANIFEST)
-    if not storage.exists(fs, path):
+    try:
+        found = storage.exists(fs, path)
+    except OSError as exc:  # e.g. an S3 endpoint that does not answer
+        raise storage.StorageError(f"cannot read {prepared}: {' '.join(str(exc).split())[:300]}") from exc
+    if not found:
         raise PreparedDataMissing(f"{prepared} is not a prepared dataset (no {MANIFEST}); run `sbir data prepare`")
     try:
         payload = storage.read_json(fs, path)

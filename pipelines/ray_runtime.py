@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import time
+from urllib.parse import urlparse
 
 import ray
 import ray.util.debug
 
-from sbir.errors import project_error
+from sbir.errors import SbirError, project_error
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +33,16 @@ def local_cpus() -> int:
 VERBOSE_ENV = "SBIR_VERBOSE"  # set by `sbir -v`: Ray's own logs and worker output reach the terminal
 
 
-def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> None:
+class ClusterError(SbirError):
+    """The Ray cluster cannot be reached, or lacks the resources a workload asks for."""
+
+
+def ensure_ray(address: str | None = None, num_cpus: float | None = None, timeout_s: float = 30.0) -> None:
     """Connect once per process: `address` or RAY_ADDRESS if set, else start a local cluster (`local_cpus()`).
 
-    A normal run shows the project's own progress and Ray's warnings; Ray's INFO chatter, worker output
-    and the error dumps of Ray Data (the CLI reports the error itself) appear only with ``sbir -v``.
+    An address that does not answer within `timeout_s` is an error naming it (Ray itself would retry for
+    minutes). A normal run shows the project's own progress and Ray's warnings; Ray's INFO chatter,
+    worker output and the error dumps of Ray Data (the CLI reports the error itself) need ``sbir -v``.
     """
     if ray.is_initialized():
         return
@@ -43,6 +51,7 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> Non
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback clusters; must match `ray start`
     if address:
+        check_reachable(address, timeout_s)
         logger.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=verbose, logging_level=level)
     else:
@@ -75,6 +84,47 @@ def configure_ray_data(verbose: bool) -> None:
         handler.setLevel(logging.INFO if verbose else logging.WARNING)
         if not verbose and not any(isinstance(f, _ReportedByTheCaller) for f in handler.filters):
             handler.addFilter(_ReportedByTheCaller())
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address (`host:port`, `ray://host:port`, `http://host:port`); None for `auto`."""
+    if address in ("auto", "local"):
+        return None
+    parsed = urlparse(address if "://" in address else f"gcs://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise ClusterError(f"Ray address {address!r} is not of the form host:port, ray://host:port or auto")
+    return parsed.hostname, parsed.port
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Fail within `timeout_s` when nothing listens at a Ray address (run.ray_connect_timeout_s)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(target, timeout=min(5.0, timeout_s)):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({exc}); check the address "
+                    "(run.ray_address or RAY_ADDRESS) or raise run.ray_connect_timeout_s"
+                ) from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float, what: str) -> None:
+    """Refuse at once, naming what is missing, when the cluster cannot ever place `workers` workers."""
+    have = ray.cluster_resources()
+    need = {"CPU": workers * cpus_per_worker, "GPU": workers * gpus_per_worker}
+    missing = [f"{need[k]:g} {k}s (the cluster has {have.get(k, 0):g})" for k in need if need[k] > have.get(k, 0)]
+    if missing:
+        raise ClusterError(
+            f"{what} needs {' and '.join(missing)}; use fewer workers or resources per worker, a bigger cluster, "
+            "or run.check_resources=false on an autoscaling cluster that adds nodes on demand"
+        )
 
 
 def unwrap_ray_error(exc: BaseException) -> BaseException:

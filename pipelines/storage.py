@@ -17,6 +17,14 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from sbir.errors import SbirError
+
+CONNECT_TIMEOUT_S = 10.0  # an S3 endpoint that does not answer fails in seconds, not after minutes of retries
+
+
+class StorageError(SbirError):
+    """A storage location that is malformed, unreachable, missing or not writable (the message names it)."""
+
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
@@ -27,8 +35,11 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if is_s3(uri):
         parsed = urlparse(uri)
         if not parsed.netloc:
-            raise ValueError(f"{uri!r} has no bucket; use s3://<bucket>/<prefix>")
-        kwargs: dict[str, Any] = {}
+            raise StorageError(f"{uri!r} has no bucket; use s3://<bucket>/<prefix>")
+        kwargs: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+        }
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             kwargs["endpoint_override"] = endpoint
@@ -72,3 +83,32 @@ def write_json(fs: pafs.FileSystem, path: str, payload: Any) -> None:
 def delete_dir(fs: pafs.FileSystem, path: str) -> None:
     if exists(fs, path):
         fs.delete_dir(path)
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+
+
+def check_writable(uri: str) -> None:
+    """Fail now, naming the problem, when `uri` cannot be written: a missing bucket, an endpoint that does
+    not answer, a read-only folder. Commands call it before their expensive part."""
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        bucket = path.split("/", 1)[0]
+        try:
+            info = fs.get_file_info(bucket)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot reach S3 at {_endpoint()} for {uri}: {' '.join(str(exc).split())[:300]}"
+            ) from exc
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"{uri}: bucket {bucket!r} does not exist at {_endpoint()}")
+        return
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".sbir-write-check-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(f"cannot write to {folder}: {exc.strerror or exc}") from exc

@@ -11,7 +11,9 @@ import copy
 import json
 import logging
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +25,15 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pipelines import storage
 from pipelines.prepare import prepare_training_data
 from pipelines.progress import ProgressPrinter, ProgressSink
-from pipelines.ray_runtime import ensure_ray, unwrap_ray_error
+from pipelines.ray_runtime import check_resources, ensure_ray, unwrap_ray_error
 from pipelines.rows import role_dataset
 from pipelines.streams import epoch_shards, training_metadata
 from pipelines.train_loop import NOT_VALIDATED, LoopConfig, epoch_dataset_name, read_history, train_loop_per_worker
 from sbir.checkpoint import save_checkpoint
-from sbir.config import Config, dump_config
+from sbir.config import Config, dump_config, with_absolute_paths
 from sbir.data.batches import BatchSpec
 from sbir.data.manifest import PreparedManifest
+from sbir.errors import SbirError
 from sbir.methods import family_of
 
 logger = logging.getLogger(__name__)
@@ -145,48 +148,117 @@ def _best(result: ray.train.Result) -> tuple[ray.train.Checkpoint, dict[str, Any
 def run_training(config: Config, *, resume: str | None = None, echo=logger.info) -> TrainOutcome:
     """Train, evaluate the best checkpoint on the unseen classes, track in MLflow and register it.
 
-    The MLflow run ends FINISHED, or FAILED (KILLED on Ctrl-C) on any failure after it started; an
-    error raised inside Ray (a worker, a Ray Data task) comes out as the project error it wraps.
+    Everything that needs no cluster is checked first (run name, paths, tracking URI, data); then the
+    cluster's resources. The MLflow run ends FINISHED, or FAILED (KILLED on Ctrl-C) on any failure after
+    it started; an error raised inside Ray comes out as the project error it wraps.
     """
+    from pipelines.tracking import resolve_tracking_uri
+
+    config = with_absolute_paths(config)  # what checkpoints and MLflow store works from any directory
     run_name = resume or config.run.name or default_run_name(config)
-    run_dir = Path(config.run.dir).resolve() / run_name
+    run = RunRecord(Path(config.run.dir) / run_name)
+    run.check_start(resume)
+    tracking_uri = resolve_tracking_uri(config.tracking.uri, config.run.dir)
     prepared, manifest = prepare_training_data(config)
-    ensure_ray(config.run.ray_address)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_ray(config.run.ray_address, timeout_s=config.run.ray_connect_timeout_s)
+    if config.run.check_resources:
+        train = config.train
+        check_resources(train.num_workers, train.cpus_per_worker, 1.0 if train.use_gpu else 0.0, "training")
+    run.create()
     echo(f"[{run_name}] data: {prepared}")
-    tracker, tags = _start_tracking(config, run_name, run_dir, resume)
+    tracker, tags = _start_tracking(config, run_name, run, tracking_uri, resume)
     try:
-        outcome = _train_evaluate_register(config, prepared, manifest, run_name, run_dir, tracker, tags, echo)
+        outcome = _train_evaluate_register(config, prepared, manifest, run_name, run.dir, tracker, tags, echo)
     except KeyboardInterrupt:
-        tracker.finish("KILLED")
+        _end(tracker, run, "KILLED")
         raise
     except BaseException as exc:
-        tracker.finish("FAILED")
+        _end(tracker, run, "FAILED")
         inner = unwrap_ray_error(exc)
         if inner is not exc:
             raise inner from exc
         raise
-    tracker.finish()
+    _end(tracker, run, "FINISHED")
     return outcome
 
 
-def _start_tracking(config: Config, run_name: str, run_dir: Path, resume: str | None):
-    """A new MLflow run (or, resuming, the run's own), with the config logged; returns it and the run tags."""
-    from pipelines.tracking import Tracker, flatten_params, resolve_tracking_uri
+def _end(tracker, run: RunRecord, status: str) -> None:
+    run.set_status(status)
+    tracker.finish(status)
 
-    tracking_uri = resolve_tracking_uri(config.tracking.uri, config.run.dir)
-    run_file = run_dir / RUN_FILE
+
+class RunError(SbirError):
+    """A run name that is taken, a run to resume that does not exist, or a run folder that cannot be made."""
+
+
+@dataclass
+class RunRecord:
+    """``<run.dir>/<run name>/run.json``: the run's MLflow id and status, so a name is never reused by mistake."""
+
+    dir: Path
+
+    @property
+    def file(self) -> Path:
+        return self.dir / RUN_FILE
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.file.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{self.file}: unreadable run record ({exc})") from exc
+
+    def check_start(self, resume: str | None) -> None:
+        """A new run needs an unused name; a resumed one must exist and not have finished."""
+        name = self.dir.name
+        if resume is None and self.file.is_file():
+            status = self.read().get("status", "unknown")
+            raise RunError(
+                f"a run named {name!r} already exists in {self.dir.parent} (status {status}); resume it with "
+                f"--resume {name}, or pick another run.name"
+            )
+        if resume is not None and not self.file.is_file():
+            known = sorted(p.parent.name for p in self.dir.parent.glob(f"*/{RUN_FILE}"))
+            raise RunError(
+                f"there is no run {name!r} to resume in {self.dir.parent}"
+                + (f"; runs there: {', '.join(known[:10])}" if known else " (it holds no runs)")
+            )
+        if resume is not None and self.read().get("status") == "FINISHED":
+            raise RunError(
+                f"run {name!r} has finished; its best checkpoint is {self.dir / 'best'}. Start a new run instead"
+            )
+
+    def create(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(
+                f"cannot create the run folder {self.dir}: {exc.strerror}; set run.dir to a writable folder"
+            ) from exc
+
+    def write(self, **fields: Any) -> None:
+        current = self.read() if self.file.is_file() else {}
+        self.file.write_text(json.dumps(current | fields, indent=2))
+
+    def set_status(self, status: str) -> None:
+        self.write(status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _start_tracking(config: Config, run_name: str, run: RunRecord, tracking_uri: str, resume: str | None):
+    """A new MLflow run (or, resuming, the run's own), with the config logged; returns it and the run tags."""
+    from pipelines.tracking import Tracker, flatten_params
+
     tags = {"method": config.model.method, "setting": config.setting, "model_selection": config.train.model_selection}
     if config.train.model_selection == "unseen_test":
         tags["selected_on_test_classes"] = "true"
-    if resume and run_file.is_file():
-        tracker = Tracker.attach(tracking_uri, json.loads(run_file.read_text())["mlflow_run_id"])
+    if resume:
+        tracker = Tracker.attach(tracking_uri, run.read()["mlflow_run_id"])
     else:
         params = flatten_params(config.to_dict())
         tracker = Tracker.start(tracking_uri, config.tracking.experiment, run_name, params, tags)
-        run_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}, indent=2))
-    (run_dir / "config.yaml").write_text(dump_config(config))
-    tracker.log_artifact(run_dir / "config.yaml")
+        run.write(mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
+    run.write(status="RUNNING")
+    (run.dir / "config.yaml").write_text(dump_config(config))
+    tracker.log_artifact(run.dir / "config.yaml")
     return tracker, tags
 
 
@@ -202,7 +274,31 @@ def _fit(config: Config, prepared: str, manifest: PreparedManifest, run_name: st
         f"{train.epochs} epochs x {train.steps_per_epoch} steps"
     )
     with ProgressPrinter(sink, echo, prefix=f"[{run_name}] "):
-        return trainer.fit()
+        return _interruptible(trainer.fit)
+
+
+def _interruptible(fit: Callable[[], ray.train.Result]) -> ray.train.Result:
+    """Run `fit` in a thread so Ctrl-C reaches this (main) thread as KeyboardInterrupt at once.
+
+    In the main thread Ray Train installs its own SIGINT handler, which aborts the run slowly and then
+    exits the process with an unrelated status. Run from a thread it does not; the interrupted driver
+    exits, and Ray ends the job's workers with it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = fit()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="sbir-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _train_evaluate_register(

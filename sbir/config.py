@@ -324,7 +324,7 @@ class EvalTarget(_Strict):
 class TrainConfig(_Strict):
     """Training loop and resources (Ray Train reads worker counts and backend from here)."""
 
-    num_workers: int = Field(1, ge=0)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP processes)")
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
     backend: Literal["auto", "gloo", "nccl"] = "auto"
@@ -377,6 +377,12 @@ class RunConfig(_Strict):
     storage: str | None = Field(None, description="checkpoint storage (local path or s3://); null = run.dir")
     name: str | None = Field(None, description="run name; null = <method>-<setting>-<timestamp>")
     ray_address: str | None = Field(None, description="Ray cluster address; null = RAY_ADDRESS or a local cluster")
+    ray_connect_timeout_s: float = Field(30.0, gt=0, description="give up on an unreachable Ray address after this")
+    check_resources: bool = Field(
+        True,
+        description="refuse to start when the cluster lacks the CPUs/GPUs asked for; false on an autoscaling "
+        "cluster that adds nodes on demand",
+    )
 
 
 class TrackingConfig(_Strict):
@@ -508,26 +514,101 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
         raise ConfigError(_format_errors(exc)) from None
 
 
+def read_config_tree(source: str | Path | None) -> dict[str, Any]:
+    """The raw sections of a YAML file or built-in preset (not validated yet); {} for no source."""
+    if source is None:
+        return {}
+    path = Path(source)
+    if not path.exists():
+        path = preset_path(str(source))
+    try:
+        with path.open(encoding="utf-8") as stream:  # a stream, so YAML errors name the file
+            loaded = yaml.safe_load(stream)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a config from a YAML file or a built-in preset name, then apply overrides."""
-    data: dict[str, Any] = {}
-    if source is not None:
-        path = Path(source)
-        if not path.exists():
-            path = preset_path(str(source))
-        try:
-            with path.open(encoding="utf-8") as stream:  # a stream, so YAML errors name the file
-                loaded = yaml.safe_load(stream)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the config file: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
-        data = loaded
-    return build_config(data, overrides)
+    return build_config(read_config_tree(source), overrides)
+
+
+def _absolute(value: str | None, must_exist: bool = False) -> str | None:
+    """A local path made absolute; URIs (s3://, http://) and, with `must_exist`, names that are not files, kept."""
+    if value is None or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if must_exist and not path.exists():
+        return value
+    return str(path.resolve())
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """The config with every local path resolved against the current directory, so what a checkpoint or
+    MLflow stores still points at the same files from another directory or machine (URIs stay URIs)."""
+    tree = config.to_dict()
+    for key in ("root", "prepared", "pairs_file"):
+        tree["data"][key] = _absolute(tree["data"][key])
+    for key in ("dir", "storage"):
+        tree["run"][key] = _absolute(tree["run"][key])
+    for target in tree["eval"]["targets"]:
+        target["root"], target["prepared"] = _absolute(target["root"]), _absolute(target["prepared"])
+    zse = tree["model"]["zse"]
+    zse["official_checkpoint"], zse["backbone_weights"] = (
+        _absolute(zse["official_checkpoint"]),
+        _absolute(zse["backbone_weights"]),
+    )
+    clip = tree["model"]["clip_at"]
+    clip["pretrained"] = _absolute(clip["pretrained"], must_exist=True)  # an open_clip tag stays a tag
+    return Config.model_validate(tree)
+
+
+# Where and how a command runs: always the user's (command line, config file, environment), never a stored
+# checkpoint's, which is data and may come from anywhere (docs/config.md#evaluating-a-checkpoint).
+RUNTIME_SECTIONS = ("run", "tracking")
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` on `base`, section by section (lists and values of `top` replace those of `base`)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _differences(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b)) for d in _differences(a.get(key), b.get(key), f"{prefix}.{key}")]
+    return [] if a == b else [f"{prefix}={b!r} (the checkpoint's is {a!r})"]
+
+
+def config_for_checkpoint(
+    stored: Config, source: str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
+    """The config to evaluate or serve a checkpoint with.
+
+    The checkpoint's own config, with the user's file and overrides on top. The model section is the
+    checkpoint's: a file or override that changes it is an error (it would not describe these weights).
+    The runtime sections (``run``, ``tracking``) come only from the user's file, overrides and defaults.
+    """
+    tree = {k: v for k, v in stored.to_dict().items() if k not in RUNTIME_SECTIONS}
+    config = build_config(_merge(tree, read_config_tree(source)), overrides)
+    changed = _differences(stored.model.model_dump(mode="json"), config.model.model_dump(mode="json"), "model")
+    if changed:
+        raise ConfigError(
+            "a checkpoint's model cannot change, but the config sets "
+            + "; ".join(changed[:4])
+            + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+            + "; leave the model section out of -c and the overrides"
+        )
+    return config
 
 
 def dump_config(config: Config) -> str:

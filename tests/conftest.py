@@ -154,3 +154,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         elif RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             raise pytest.UsageError(f"{item.nodeid} starts Ray or a server: move it under tests/ray/")
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the command gets as far as connecting to Ray (its checks must come first)."""
+    import pipelines.ray_runtime
+    import pipelines.train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command connected to Ray before checking its input")
+
+    for module in (pipelines.ray_runtime, pipelines.train):
+        monkeypatch.setattr(module, "ensure_ray", refuse)

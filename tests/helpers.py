@@ -33,3 +33,15 @@ def write_small_synthetic(dest: Path) -> Path:
 
     write_synthetic_dataset(dest, progress=False, **SMALL_SYNTH)
     return dest
+
+
+def one_line_error(result, code: int, *needles: str) -> str:
+    """Assert a CLI result is one `error: …` line with `code` and no traceback, naming every needle."""
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipelines.tracking.registry import CHECKPOINT_ARTIFACT
-from pipelines.tracking.uri import DEFAULT_DB, display, make_client, normalise_uri
+from pipelines.tracking.uri import DEFAULT_DB, display, local_sqlite_path, make_client, normalise_uri
 from sbir.checkpoint import META_FILE, CheckpointError
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -32,7 +32,9 @@ class BadCheckpointReference(CheckpointError, ValueError):
     """A checkpoint reference that is malformed."""
 
 
-def resolve_checkpoint(ref: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+def resolve_checkpoint(
+    ref: str, tracking_uri: str | None = None, dst: str | Path | None = None, runs_dir: str | Path = "runs"
+) -> Path:
     """Turn a user reference into a local checkpoint directory (one that holds ``checkpoint.json``).
 
     Accepted references:
@@ -56,7 +58,7 @@ def resolve_checkpoint(ref: str, tracking_uri: str | None = None, dst: str | Pat
         return _check_checkpoint_dir(local, ref, f"local directory {local}")
 
     if ref.startswith("models:/"):
-        uri = _lookup_uri(ref, tracking_uri)
+        uri = _lookup_uri(ref, tracking_uri, runs_dir)
         client = make_client(uri)
         version = _model_version(client, ref, uri)
         source = version.source
@@ -75,19 +77,28 @@ def resolve_checkpoint(ref: str, tracking_uri: str | None = None, dst: str | Pat
             f"checkpoint {ref!r} is not an existing directory, a models:/<name>@<alias> or models:/<name>/<version> "
             "URI, a runs:/<run_id>/<path> URI, or a 32-character MLflow run id"
         )
-    uri = _lookup_uri(ref, tracking_uri)
+    uri = _lookup_uri(ref, tracking_uri, runs_dir)
     client = make_client(uri)
     tried = f"artifact {artifact!r} of run {run_id} (store {display(uri)})"
     return _check_checkpoint_dir(_download_run_artifact(client, run_id, artifact, dst, ref, tried), ref, tried)
 
 
-def _lookup_uri(ref: str, tracking_uri: str | None) -> str:
-    """The store to look ``ref`` up in. Unlike :func:`resolve_tracking_uri`, it never creates an empty database."""
-    if tracking_uri:
-        return normalise_uri(tracking_uri, "tracking_uri")
-    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
-        return normalise_uri(os.environ["MLFLOW_TRACKING_URI"].strip(), "MLFLOW_TRACKING_URI")
-    db = Path("runs", DEFAULT_DB).resolve()
+def _lookup_uri(ref: str, tracking_uri: str | None, runs_dir: str | Path) -> str:
+    """The store to look ``ref`` up in: ``tracking_uri`` > ``MLFLOW_TRACKING_URI`` > ``<runs_dir>/mlflow.db``.
+
+    Unlike :func:`resolve_tracking_uri` it never creates anything: a local SQLite store must already exist.
+    """
+    for source, value in (
+        ("tracking.uri", tracking_uri),
+        ("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")),
+    ):
+        if value and value.strip():
+            uri = normalise_uri(value.strip(), source, create=False)
+            db = local_sqlite_path(uri)
+            if db is not None and not db.is_file():
+                raise CheckpointNotFound(f"checkpoint {ref!r}: the MLflow store {db} ({source}) does not exist")
+            return uri
+    db = (Path(runs_dir) / DEFAULT_DB).resolve()
     if not db.is_file():
         raise CheckpointNotFound(
             f"checkpoint {ref!r} needs an MLflow store, but no tracking URI was given, MLFLOW_TRACKING_URI is unset "

@@ -50,12 +50,16 @@ def resolve_tracking_uri(configured: str | None, runs_dir: str | Path) -> str:
             logger.debug("tracking URI %s (from %s)", uri, source)
             return uri
     runs = Path(runs_dir).expanduser().resolve()
-    runs.mkdir(parents=True, exist_ok=True)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackingError(f"cannot create the run folder {runs} for the MLflow store: {exc.strerror}") from exc
     return f"sqlite:///{runs / DEFAULT_DB}"
 
 
-def normalise_uri(uri: str, source: str) -> str:
-    """Absolute SQLite paths (their directory created); a bare ``*.db`` path means SQLite; file stores are refused."""
+def normalise_uri(uri: str, source: str, create: bool = True) -> str:
+    """Absolute SQLite paths (their directory created when `create`); a bare ``*.db`` path means SQLite; file
+    stores are refused."""
     if uri.startswith("sqlite:"):
         if not uri.startswith("sqlite:///"):
             raise TrackingError(
@@ -65,12 +69,16 @@ def normalise_uri(uri: str, source: str) -> str:
         if not path or path == ":memory:":
             return uri
         db = Path(path).expanduser().resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TrackingError(f"{source}={uri!r}: cannot create {db.parent} ({exc.strerror})") from exc
         return f"sqlite:///{db}{sep}{query}"
     scheme = urlparse(uri).scheme
     if not scheme or len(scheme) == 1:  # a bare path (or a Windows drive letter)
         if Path(uri).suffix in (".db", ".sqlite", ".sqlite3"):
-            return normalise_uri(f"sqlite:///{uri}", source)
+            return normalise_uri(f"sqlite:///{uri}", source, create)
         scheme = "file"
     if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true", "yes"):
         raise TrackingError(

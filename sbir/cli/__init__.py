@@ -47,10 +47,13 @@ app = typer.Typer(
     help="Zero-shot sketch-based image retrieval (ZSE-SBIR, CLIP-AT) on Ray.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: Typer's rich panels print every flag as "<bool>"
     cls=_ProjectErrorsAsOneLine,
 )
-config_app = typer.Typer(help="Inspect and validate configurations.", no_args_is_help=True)
-model_app = typer.Typer(help="Build models, inspect them and convert released weights.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect and validate configurations.", no_args_is_help=True, rich_markup_mode=None)
+model_app = typer.Typer(
+    help="Build models, inspect them and convert released weights.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")

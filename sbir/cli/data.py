@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 
 from sbir.errors import SbirError, UsageError
 
-data_app = typer.Typer(help="Synthesise, verify and prepare datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Synthesise, verify and prepare datasets.", no_args_is_help=True, rich_markup_mode=None)
 
 LAYOUTS = "sketchy, tuberlin, quickdraw, generic (synthetic = sketchy)"
 
@@ -56,20 +57,33 @@ def verify(
     check_images: Annotated[bool, typer.Option(help="decode every image")] = True,
     strict: Annotated[bool, typer.Option(help="treat warnings (e.g. unlisted files) as problems")] = False,
     pairs: Annotated[Path | None, typer.Option(help="fine-grained pairs list")] = None,
+    val_fraction: Annotated[float, typer.Option(help="share of seen classes held out for validation")] = 0.1,
+    val_seed: Annotated[int, typer.Option(help="seed of the validation-class choice")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Check a dataset root against a split; exits 1 when anything is missing or unreadable."""
+    """Check a dataset root against a split; the report goes to stdout, and the command exits 1 (with one
+    line on stderr) when anything is missing or unreadable."""
     from sbir.data.verify import verify_dataset
 
-    report = verify_dataset(layout, root, split, check_images=check_images, strict=strict, pairs_file=pairs)
+    report = verify_dataset(
+        layout,
+        root,
+        split,
+        check_images=check_images,
+        strict=strict,
+        pairs_file=pairs,
+        val_fraction=val_fraction,
+        val_seed=val_seed,
+    )
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
     if not report.ok:
-        raise typer.Exit(1)
+        raise SbirError(f"{root} does not match split {split!r}: see the problems listed above")
 
 
 @data_app.command("prepare")
 def prepare(
-    source: Annotated[str, typer.Option(help=f"<layout>:<root>, layout one of {LAYOUTS}")],
+    layout: Annotated[str, typer.Option(help=LAYOUTS)],
+    root: Annotated[str, typer.Option(help="dataset root (or its parent data root)")],
     split: Annotated[str, typer.Option(help="split folder, e.g. zeroshot1")],
     out: Annotated[str, typer.Option(help="output folder or s3://bucket/prefix")],
     on_bad_file: Annotated[str, typer.Option(help="fail | skip (skipped files are listed in the manifest)")] = "fail",
@@ -82,18 +96,19 @@ def prepare(
     """Turn any layout into Parquet shards plus a manifest with Ray Data (local path or s3://)."""
     from sbir.data.readers import read_split
 
-    if ":" not in source:
-        raise UsageError(f"--source must be <layout>:<root>, e.g. sketchy:/data/Sketchy; got {source!r}")
-    layout, root = source.split(":", 1)
     if on_bad_file not in ("fail", "skip"):
         raise UsageError(f"--on-bad-file must be 'fail' or 'skip', got {on_bad_file!r}")
     dataset = read_split(layout, root, split, val_fraction=val_fraction, val_seed=val_seed, pairs_file=pairs)
 
+    from pipelines import storage
     from pipelines.prepare import prepare_dataset
     from pipelines.ray_runtime import ensure_ray
 
+    storage.check_writable(out)  # an unreachable endpoint or a missing bucket fails before any image is read
     ensure_ray(address)
-    manifest = prepare_dataset(dataset, out, on_bad_file=on_bad_file, rows_per_file=rows_per_file, source=source)  # type: ignore[arg-type]
+    manifest = prepare_dataset(
+        dataset, out, on_bad_file=on_bad_file, rows_per_file=rows_per_file, source=f"{layout}:{root}"
+    )  # type: ignore[arg-type]
     roles = ", ".join(f"{role}: {manifest.role_total(role)}" for role in manifest.counts)
     typer.echo(
         f"prepared {manifest.num_rows} images ({roles}); {len(manifest.bad_files)} bad file(s) skipped\n"
@@ -109,8 +124,13 @@ def rasterize(
     pen_width: Annotated[float, typer.Option(help="pen width in pixels")] = 3.0,
     limit: Annotated[int | None, typer.Option(help="stop after this many drawings")] = None,
     on_bad_line: Annotated[str, typer.Option(help="fail | skip (skipped lines are reported)")] = "fail",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace PNGs already in --out")] = False,
 ) -> None:
-    """Rasterise QuickDraw ndjson drawings to sketch PNGs named `<key_id or line number>.png`."""
+    """Rasterise QuickDraw ndjson drawings to sketch PNGs named `<key_id or line number>.png`.
+
+    A key_id that is not a plain file name (a path, '..', other characters) or that repeats an earlier
+    one is a bad line; an existing PNG is never replaced unless --overwrite is given.
+    """
     from sbir.data.strokes import StrokeFormatError, rasterize_drawing
 
     if on_bad_line not in ("fail", "skip"):
@@ -118,7 +138,7 @@ def rasterize(
     if not ndjson.is_file():
         raise UsageError(f"{ndjson} is not a file")
     out.mkdir(parents=True, exist_ok=True)
-    written, skipped = 0, []
+    written, skipped, seen = 0, [], set()
     with ndjson.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if limit is not None and written >= limit:
@@ -127,15 +147,36 @@ def rasterize(
                 continue
             try:
                 obj = json.loads(line)
+                name = sketch_file_name(obj, number)
+                target = out / f"{name}.png"
+                if name in seen:
+                    raise StrokeFormatError(f"key_id {name!r} repeats an earlier drawing")
+                if target.exists() and not overwrite:
+                    raise StrokeFormatError(f"{target} exists (pass --overwrite to replace it)")
                 image = rasterize_drawing(obj, size=size, pen_width=pen_width)
             except (StrokeFormatError, json.JSONDecodeError, ValueError) as exc:
                 if on_bad_line == "fail":
                     raise SbirError(f"{ndjson}:{number}: {exc}") from None
                 skipped.append(f"{ndjson}:{number}: {exc}")
                 continue
-            name = str(obj.get("key_id", number)) if isinstance(obj, dict) else str(number)
-            image.save(out / f"{name}.png")
+            image.save(target)
+            seen.add(name)
             written += 1
     for problem in skipped:
         typer.secho(f"skipped {problem}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"wrote {written} sketches to {out}; skipped {len(skipped)} bad line(s)")
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def sketch_file_name(drawing: object, line_number: int) -> str:
+    """The PNG name of a drawing: its key_id when that is a plain file name, its line number when it has none."""
+    from sbir.data.strokes import StrokeFormatError
+
+    if not isinstance(drawing, dict) or "key_id" not in drawing:
+        return str(line_number)
+    name = str(drawing["key_id"])
+    if not _PLAIN_NAME.match(name) or ".." in name:
+        raise StrokeFormatError(f"key_id {name!r} is not a plain file name (letters, digits, '.', '_', '-')")
+    return name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -32,31 +34,56 @@ def train(
 
 def evaluate(
     checkpoint: Annotated[str, typer.Option(help="checkpoint dir, MLflow run id, runs:/… or models:/name@alias")],
-    split: Annotated[str, typer.Option(help="role to evaluate: test (unseen), val or train")] = "test",
+    role: Annotated[str, typer.Option(help="prepared role to evaluate: test (unseen), val or train")] = "test",
     prepared: Annotated[str | None, typer.Option(help="prepared dataset (default: data.prepared or the run's)")] = None,
-    out: Annotated[Path | None, typer.Option(help="report folder (default: <run.dir>/eval/<name>-<split>)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder (default: a new folder under <run.dir>/eval/)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a report already in --out")] = False,
     config: ConfigOption = None,
     overrides: Overrides = None,
 ) -> None:
-    """Embed queries and gallery with Ray Data, score every retrieval mode and write a report."""
-    if split not in ("test", "val", "train"):
-        raise UsageError(f"--split must be test, val or train, got {split!r}")
-    from pipelines.prepare import prepare_training_data
-    from pipelines.ray_runtime import ensure_ray
-    from pipelines.tracking import resolve_checkpoint, resolve_tracking_uri
-    from sbir.checkpoint import check_checkpoint
+    """Embed queries and gallery with Ray Data, score every retrieval mode and write a report.
 
-    base = config_from(config, overrides) if config or overrides else None
-    uri = resolve_tracking_uri(base.tracking.uri if base else None, base.run.dir if base else "runs")
-    directory = resolve_checkpoint(checkpoint, uri)
+    The checkpoint's own config is used, with -c and the overrides on top (its model section cannot
+    change); where to run and track (run.*, tracking.*) comes only from you.
+    """
+    if role not in ("test", "val", "train"):
+        raise UsageError(f"--role must be test, val or train, got {role!r}")
+    from pipelines.prepare import prepare_training_data, read_manifest
+    from pipelines.ray_runtime import ensure_ray
+    from pipelines.tracking import resolve_checkpoint
+    from sbir.checkpoint import check_checkpoint
+    from sbir.config import config_for_checkpoint, with_absolute_paths
+
+    user = config_from(config, overrides)  # the user's input, validated on its own
+    directory = resolve_checkpoint(checkpoint, user.tracking.uri, runs_dir=user.run.dir)
     meta = check_checkpoint(directory)  # a corrupt checkpoint fails here, before Ray starts
-    cfg = base or meta.config
-    if prepared is None:
-        prepared, _ = prepare_training_data(cfg)
-    ensure_ray(cfg.run.ray_address)
+    cfg = with_absolute_paths(config_for_checkpoint(meta.config, config, overrides))
+    report_dir = report_folder(out, Path(cfg.run.dir), checkpoint, role, overwrite)
+    if prepared is not None:
+        read_manifest(prepared)  # a missing or unreachable dataset fails before Ray starts
+    else:
+        prepared, _ = prepare_training_data(cfg, check_selection=False)
+    ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
     from pipelines.evaluate import evaluate_checkpoint
 
-    report_dir = out or Path(cfg.run.dir) / "eval" / f"{Path(directory).name}-{split}"
-    result = evaluate_checkpoint(directory, prepared, out_dir=report_dir, config=cfg, role=split)
+    result = evaluate_checkpoint(directory, prepared, out_dir=report_dir, config=cfg, role=role)
     typer.echo(metrics_table({f"{meta.method}/{m}": v for m, v in result.metrics.items()}))
     typer.echo(f"report: {result.report}\nmetrics: {result.report_json}")
+
+
+def report_folder(out: Path | None, run_dir: Path, reference: str, role: str, overwrite: bool) -> Path:
+    """Where an evaluation writes: `out` (never over an existing report unless `overwrite`), else a new
+    folder ``<run.dir>/eval/<reference>-<role>-<time>`` that no other evaluation uses."""
+    if out is not None:
+        if (out / "report.json").exists() and not overwrite:
+            raise UsageError(f"{out} already holds a report; pass --overwrite to replace it, or another --out")
+        return out
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", reference).strip("-.")[-80:] or "checkpoint"
+    base = run_dir / "eval" / f"{slug}-{role}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate

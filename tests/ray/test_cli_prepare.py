@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -14,9 +17,46 @@ runner = CliRunner()
 def test_prepare_writes_a_manifest_from_synth(synth_root, tmp_path, ray_cluster):
     out = tmp_path / "prepared"
     result = runner.invoke(
-        app, ["data", "prepare", "--source", f"synthetic:{synth_root}", "--split", "zeroshot1", "--out", str(out)]
+        app,
+        [
+            "data",
+            "prepare",
+            "--layout",
+            "synthetic",
+            "--root",
+            str(synth_root),
+            "--split",
+            "zeroshot1",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_rows"] == 6 * (2 + 2)
     assert set(manifest["counts"]) == {"train", "val", "test"}
+
+
+def _sbir(*args: str) -> subprocess.CompletedProcess:
+    """`sbir …` in its own process (it starts its own local Ray cluster)."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "sbir.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_a_normal_run_shows_the_projects_lines_and_keeps_rays_internals_out(synth_root, tmp_path):
+    out = tmp_path / "prepared"
+    (out / "data-0123456789ab-deadbeef").mkdir(parents=True)  # shards left by an interrupted preparation
+    where = ["--layout", "synthetic", "--root", str(synth_root), "--split", "zeroshot1", "--out", str(out)]
+    first = _sbir("data", "prepare", *where)
+    assert first.returncode == 0, first.stderr
+    assert "prepared 24 images" in first.stdout
+    for internal in ("core_worker", "streaming_executor", "Started a local Ray instance", "worker processes"):
+        assert internal not in first.stderr, (internal, first.stderr)
+    assert not (out / "data-0123456789ab-deadbeef").exists(), "orphan shards are cleaned up"
+    again = _sbir("data", "prepare", *where)
+    assert "already prepared from the same inputs; nothing to do" in again.stderr
+    verbose = _sbir("-v", "data", "prepare", *where)
+    assert verbose.returncode == 0 and "ray" in verbose.stderr.lower() and len(verbose.stderr) > len(again.stderr)

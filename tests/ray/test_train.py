@@ -172,6 +172,14 @@ def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_p
     missing = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "nope" in missing.output
 
+    # An override changes what it names and nothing else: the checkpoint's 64 px model config stays.
+    runs = tmp_path / "elsewhere"
+    args = ["eval", "--checkpoint", str(checkpoint), "--role", "test", "eval.modes=[ret]", f"run.dir={runs}"]
+    overridden = CliRunner().invoke(app, [*args, "--prepared", str(synth_prepared / "prepared")])
+    assert overridden.exit_code == 0, overridden.output
+    (report,) = (runs / "eval").iterdir()  # a new folder under the user's run dir, not the checkpoint's
+    assert set(json.loads((report / "metrics.json").read_text())) == {"ret"}
+
 
 def test_two_worker_runs_with_the_same_seed_train_identical_models(synth_prepared, tmp_path):
     from pipelines.train import run_training
@@ -219,3 +227,65 @@ def test_a_failure_after_training_marks_the_mlflow_run_failed_and_names_the_prob
     run = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path / "runs")).get_run(run_id)
     assert run.info.status == "FAILED"
     assert (tmp_path / "runs" / "fails-late" / "best" / "checkpoint.json").is_file(), "training itself finished"
+
+
+def test_asking_for_gpus_the_cluster_lacks_fails_at_once(synth_prepared, tmp_path):
+    from pipelines.ray_runtime import ClusterError
+    from pipelines.train import run_training
+
+    config_gpus = "train.num_workers=64"  # more GPUs than any test machine has (and batches that split over them)
+    config = _config(
+        synth_prepared,
+        tmp_path / "runs",
+        "synthetic_zse",
+        "run.name=gpu",
+        "train.use_gpu=true",
+        config_gpus,
+        "train.batch_size=384",
+    )
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"needs .*GPUs \(the cluster has"):
+        run_training(config)
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "runs" / "gpu").exists(), "nothing was started or tracked"
+
+
+def test_ctrl_c_stops_training_and_marks_the_run_killed(synth_prepared, tmp_path):
+    """A separate `sbir train` process (its own local Ray), interrupted after its first epoch."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    args = [
+        "train",
+        "-c",
+        "synthetic_clip_at",
+        f"data.root={synth_prepared / 'data'}",
+        f"data.prepared={synth_prepared / 'prepared'}",
+        f"run.dir={runs}",
+        "run.name=interrupted",
+        *SHORT_TRAINING,
+        "train.epochs=30",
+    ]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbir.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if " epoch 1/30 " in line:
+            break
+    interrupted = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert time.monotonic() - interrupted < 90, "Ctrl-C took too long to stop training"
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert json.loads((runs / "interrupted" / "run.json").read_text())["status"] == "KILLED"
+    from pipelines.tracking import resolve_tracking_uri
+
+    run_id = json.loads((runs / "interrupted" / "run.json").read_text())["mlflow_run_id"]
+    assert mlflow.MlflowClient(resolve_tracking_uri(None, runs)).get_run(run_id).info.status == "KILLED"

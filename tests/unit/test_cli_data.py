@@ -45,14 +45,25 @@ def test_verify_json_and_exit_1_on_a_missing_file(synth_root, tmp_path):
     assert victim.name in result.output
 
 
-def test_prepare_rejects_a_source_without_layout(tmp_path):
-    result = runner.invoke(app, ["data", "prepare", "--source", str(tmp_path), "--split", "s", "--out", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "<layout>:<root>" in result.output
+def test_prepare_and_verify_take_the_same_flags_and_exit_alike_on_a_missing_root(tmp_path):
+    where = ["--layout", "sketchy", "--root", str(tmp_path / "nowhere"), "--split", "zeroshot1"]
+    prepared = runner.invoke(app, ["data", "prepare", *where, "--out", str(tmp_path / "out")])
+    verified = runner.invoke(app, ["data", "verify", *where])
+    assert prepared.exit_code == verified.exit_code == 1, (prepared.output, verified.output)
+    assert "nowhere" in prepared.output and "nowhere" in verified.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_rejects_an_unknown_layout(tmp_path):
+    args = ["data", "prepare", "--layout", "pinterest", "--root", str(tmp_path), "--split", "s", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "unknown layout 'pinterest'" in result.output
 
 
 def test_prepare_rejects_an_unknown_bad_file_policy(tmp_path):
-    args = ["data", "prepare", "--source", f"sketchy:{tmp_path}", "--split", "zeroshot1", "--out", str(tmp_path)]
+    args = ["data", "prepare", "--layout", "sketchy", "--root", str(tmp_path), "--split", "zeroshot1"]
+    args += ["--out", str(tmp_path)]
     result = runner.invoke(app, [*args, "--on-bad-file", "ignore"])
     assert result.exit_code == 2
     assert "--on-bad-file" in result.output

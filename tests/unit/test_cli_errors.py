@@ -15,6 +15,7 @@ from sbir.cli import app
 from sbir.config import load_config
 from sbir.errors import SbirError
 from sbir.methods import family_of
+from tests.helpers import one_line_error as _one_line_error
 
 runner = CliRunner()
 
@@ -25,30 +26,6 @@ def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = family_of(config).build_model(config.model, load_pretrained=False)
     return save_checkpoint(tmp_path / "ckpt", model, config, classes={"seen": ["a", "b"]})
-
-
-def _one_line_error(result, code: int, *needles: str) -> str:
-    assert result.exit_code == code, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fail the test if the command gets as far as connecting to Ray (its checks must come first)."""
-    import pipelines.ray_runtime
-    import pipelines.train
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the command connected to Ray before checking its input")
-
-    for module in (pipelines.ray_runtime, pipelines.train):
-        monkeypatch.setattr(module, "ensure_ray", refuse)
 
 
 def test_a_corrupt_checkpoint_json_is_one_line(checkpoint, no_ray):
