@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,21 +156,27 @@ def evaluate_checkpoint(
     config: Config | None = None,
     role: str = "test",
     target: EvalTarget | None = None,
+    baseline: Path | None = None,
+    mlflow_run: str | None = None,
 ) -> EvalResult:
-    """Evaluate a project checkpoint on one role of a prepared dataset (or a cross-dataset target)."""
-    checkpoint = Path(checkpoint)
-    out = Path(out_dir)
+    """Evaluate a project checkpoint on one role of a prepared dataset (or a cross-dataset target).
+
+    `baseline` is the report folder of the same model untrained, whose curves the PR plot draws beside
+    this one's; `mlflow_run` names the run the report belongs to.
+    """
+    started = time.perf_counter()
+    checkpoint, out = Path(checkpoint), Path(out_dir)
     meta = read_checkpoint_meta(checkpoint)
     config = config or meta.config
     model, _ = load_checkpoint(checkpoint, device=resolve_device(config.eval.device))
     family = family_of(meta.config)
     if target is not None:
-        prepared = prepare_target(target, out.parent)
-        role = "test"
+        prepared, role = prepare_target(target, out.parent), "test"
     if prepared is None:
         raise SbirError("evaluate_checkpoint needs a prepared dataset or a target")
     transform = family.image_transform(config, model)
     encoded = embed_role(checkpoint, prepared, role, transform, config.eval)
+    encode_s = time.perf_counter() - started
     manifest = read_manifest(prepared)
     class_names = manifest.classes.by_id
     items = items_from_rows(encoded.photos, class_names)
@@ -191,25 +198,75 @@ def evaluate_checkpoint(
         overlap = sorted(c for c in manifest.classes.test if normalise_class(c) in seen)
         metrics |= _disjoint(evaluation, encoded, gallery, class_names, set(overlap), config)
         notes.append(f"{len(overlap)} target classes overlap the training classes: {', '.join(overlap) or 'none'}")
-    info = {
-        "checkpoint": str(checkpoint),
-        "method": family.name,
-        "prepared": prepared,
+    timings = {"encode_s": encode_s, **{f"score_{m}_s": t for m, t in evaluation.seconds.items()}}
+    timings["total_s"] = time.perf_counter() - started
+    timings = {name: round(seconds, 3) for name, seconds in timings.items()}
+    info = _run_info(
+        checkpoint,
+        meta,
+        config,
+        family,
+        manifest,
+        prepared,
+        role,
+        target,
+        encoded,
+        gallery,
+        mlflow_run,
+        list(evaluation.scores),
+    )
+    from pipelines.report import ReportInputs, write_evaluation_report
+
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty report folder
+    inputs = ReportInputs(
+        model,
+        family,
+        config,
+        evaluation,
+        metrics,
+        info | {"timings": timings},
+        notes,
+        encoded,
+        prepared,
+        class_names,
+        transform,
+        baseline,
+    )
+    report = write_evaluation_report(out, inputs)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return EvalResult(metrics, report.html, report.json)
+
+
+def _run_info(checkpoint, meta, config, family, manifest, prepared, role, target, encoded, gallery, mlflow_run, modes):
+    """What the report's run table names: the setting and data, the checkpoint, its run, a config summary."""
+    section = config.model.section
+    summary = {
+        "method": family.title,
+        "preset": family.preset(config.model),
+        "size": getattr(section, "size", None) or getattr(section, "backbone", None),
+        "stem": section.stem,
+        "modes": modes,
+        "rerank_k": config.eval.rerank_k if "rn_rerank" in family.modes else None,
+        "tie_break": f"{config.eval.tie_break} (seed {config.eval.tie_seed})",
+        "score_precision": config.eval.eval_precision,
+        "selection": config.train.model_selection,
+    }
+    return {
+        "setting": config.setting,
+        "dataset": manifest.source,
+        "split": manifest.split,
         "role": role,
         "target": target.name if target else None,
+        "prepared": prepared,
+        "checkpoint": str(checkpoint),
+        "run": meta.extra.get("run_name"),
+        "epoch": meta.extra.get("epoch"),
+        "mlflow_run": mlflow_run,
         "queries": len(encoded.sketches["class_id"]),
         "gallery": len(gallery),
         "classes": len(np.unique(encoded.sketches["class_id"])),
-        "epoch": meta.extra.get("epoch"),
+        "config": {k: v for k, v in summary.items() if v is not None},
     }
-    from pipelines.report import write_evaluation_report
-
-    out.mkdir(parents=True, exist_ok=True)  # only now: a failed evaluation leaves no empty report folder
-    report = write_evaluation_report(
-        out, model, family, config, evaluation, metrics, info, notes, encoded, prepared, class_names, transform
-    )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return EvalResult(metrics, report.html, report.json)
 
 
 def _disjoint(

@@ -1,22 +1,33 @@
-"""Assemble an evaluation report: PR curves, a top-k retrieval grid, ZSE-SBIR explanations and the metric table."""
+"""Assemble an evaluation report: PR curves, a top-k retrieval grid, per-query rows with explanations, metrics.
+
+The PR plot names the setting, role and run, and draws the untrained model (when its report is given) and
+chance; the grid writes rank, score and class under every result and marks hits by shape as well as
+colour; each sample query gets a row with its results beside its (scaled-up) explanation images.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from pipelines.prepare import read_prepared
 from sbir.config import Config
 from sbir.inference.evaluate import Evaluation
+from sbir.inference.gallery import RERANK_OFFSET
 from sbir.inference.transforms import ImageTransform
 from sbir.methods import MethodFamily
 from sbir.reports import (
     ReportFiles,
+    ReportRow,
+    chance_precision,
     plot_precision_recall,
     precision_recall_curve,
     retrieval_grid,
@@ -30,6 +41,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CURVES_FILE = "curves.json"  # the PR curves of a report, so a later report can draw them as a baseline
+EXPLANATION_SIDE = 224  # explanation images are scaled up to about this many pixels a side
+
+
+@dataclass
+class ReportInputs:
+    """Everything one evaluation report shows."""
+
+    model: torch.nn.Module
+    family: MethodFamily
+    config: Config
+    evaluation: Evaluation
+    metrics: dict[str, dict[str, float]]
+    info: dict[str, Any]
+    notes: list[str]
+    encoded: EncodedRole
+    prepared: str
+    class_names: dict[int, str]
+    transform: ImageTransform
+    baseline: Path | None = None  # the untrained model's report folder
+
 
 def _images_by_path(prepared: str, paths: set[str]) -> dict[str, bytes]:
     """Encoded image bytes of a few rows, looked up by path in the prepared shards."""
@@ -39,82 +71,102 @@ def _images_by_path(prepared: str, paths: set[str]) -> dict[str, bytes]:
     return {r["path"]: r["image"] for r in rows}
 
 
-def write_evaluation_report(
-    out: Path,
-    model: torch.nn.Module,
-    family: MethodFamily,
-    config: Config,
-    evaluation: Evaluation,
-    metrics: dict[str, dict[str, float]],
-    info: dict[str, Any],
-    notes: list[str],
-    encoded: EncodedRole,
-    prepared: str,
-    class_names: dict[int, str],
-    transform: ImageTransform,
-) -> ReportFiles:
-    """Write report.{json,md,html} plus its PNGs into `out` and return the files."""
-    sketches, photos = encoded.sketches, encoded.photos
-    sketch_labels, photo_labels = sketches["class_id"], photos["class_id"]
+def _curves(inputs: ReportInputs, out: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """This evaluation's PR curve per mode, also saved as curves.json for later reports."""
+    sketches, photos = inputs.encoded.sketches, inputs.encoded.photos
     curves = {
-        f"{family.name}/{mode}": precision_recall_curve(scores.float().numpy(), sketch_labels, photo_labels)
-        for mode, scores in evaluation.scores.items()
+        f"{inputs.family.name}/{mode}": precision_recall_curve(scores.numpy(), sketches["class_id"], photos["class_id"])
+        for mode, scores in inputs.evaluation.scores.items()
     }
-    images: dict[str, Path] = {
-        "Precision-recall (11-point interpolated)": plot_precision_recall(curves, out / "precision_recall.png")
-    }
-    count = min(config.eval.report_queries, len(sketch_labels))
+    saved = {name: {"recall": r.tolist(), "precision": p.tolist()} for name, (r, p) in curves.items()}
+    (out / CURVES_FILE).write_text(json.dumps(saved))
+    return curves
+
+
+def _baseline_curves(baseline: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if baseline is None or not (baseline / CURVES_FILE).is_file():
+        return {}
+    saved = json.loads((baseline / CURVES_FILE).read_text())
+    return {f"untrained {name}": (np.asarray(c["recall"]), np.asarray(c["precision"])) for name, c in saved.items()}
+
+
+def _pr_plot(inputs: ReportInputs, out: Path) -> Path:
+    info = inputs.info
+    title = f"{info.get('setting')} · {info.get('target') or info.get('role')} role · {info.get('run') or 'checkpoint'}"
+    chance = chance_precision(inputs.encoded.sketches["class_id"], inputs.encoded.photos["class_id"])
+    return plot_precision_recall(
+        _curves(inputs, out), out / "precision_recall.png", title, _baseline_curves(inputs.baseline), chance
+    )
+
+
+def write_evaluation_report(out: Path, inputs: ReportInputs) -> ReportFiles:
+    """Write report.{json,md,html} plus its PNGs into `out` and return the files."""
+    images: dict[str, Path] = {"Precision-recall (11-point interpolated), with chance": _pr_plot(inputs, out)}
+    rows: list[ReportRow] = []
+    sketches, photos = inputs.encoded.sketches, inputs.encoded.photos
+    count = min(inputs.config.eval.report_queries, len(sketches["class_id"]))
     if count:
-        mode = family.default_mode if family.default_mode in evaluation.scores else next(iter(evaluation.scores))
-        queries = sample_queries(sketch_labels, count, seed=config.eval.tie_seed)
-        k = min(config.eval.report_top_k, len(photo_labels))
-        rankings = top_k_rankings(evaluation.scores[mode][queries].float().numpy(), k)
+        scores = inputs.evaluation.scores
+        mode = inputs.family.default_mode if inputs.family.default_mode in scores else next(iter(scores))
+        queries = sample_queries(sketches["class_id"], count, seed=inputs.config.eval.tie_seed)
+        k = min(inputs.config.eval.report_top_k, len(photos["class_id"]))
+        matrix = scores[mode][queries].numpy()
+        rankings = top_k_rankings(matrix, k)
+        shown = np.take_along_axis(matrix, rankings, axis=1)
+        if mode == "rn_rerank":  # re-ranked photos score RERANK_OFFSET + r in the matrix; show r itself
+            shown = np.where(shown >= RERANK_OFFSET, shown - RERANK_OFFSET, shown)
         wanted = {str(sketches["path"][q]) for q in queries} | {str(photos["path"][j]) for j in rankings.ravel()}
-        data = _images_by_path(prepared, wanted)
+        data = _images_by_path(inputs.prepared, wanted)
 
         def load(path: str) -> Image.Image:
             return Image.open(io.BytesIO(data[path])).convert("RGB")
 
-        names = [class_names.get(i, str(i)) for i in range(max(class_names, default=-1) + 1)]
-        grid = retrieval_grid(
-            [load(str(sketches["path"][q])) for q in queries],
-            lambda j: load(str(photos["path"][j])),
-            rankings,
-            sketch_labels[queries],
-            photo_labels,
-            class_names=names,
-        )
+        names = [inputs.class_names.get(i, str(i)) for i in range(max(inputs.class_names, default=-1) + 1)]
+
+        def grid(rows_of_queries: np.ndarray) -> Image.Image:
+            return retrieval_grid(
+                [load(str(sketches["path"][q])) for q in queries[rows_of_queries]],
+                lambda j: load(str(photos["path"][j])),
+                rankings[rows_of_queries],
+                sketches["class_id"][queries[rows_of_queries]],
+                photos["class_id"],
+                class_names=names,
+                scores=shown[rows_of_queries],
+            )
+
         grid_path = out / "top_k.png"
-        grid.save(grid_path)
-        images[f"Top-{k} retrievals ({mode}); green = same class"] = grid_path
-        if family.explains and config.eval.report_explanations:
-            explain = _Explain(model, family, transform, load)
-            images |= explain.write(out, config.eval.report_explanations, queries, rankings, sketches, photos)
+        grid(np.arange(len(queries))).save(grid_path)
+        images[f"Top-{k} retrievals ({mode}): rank, score and class under each photo; tick = same class"] = grid_path
+        explain = inputs.family.explains and inputs.config.eval.report_explanations
+        for n, (q, ranked) in enumerate(zip(queries, rankings, strict=True)):
+            if not explain or n >= inputs.config.eval.report_explanations:
+                break
+            row_path = out / "explanations" / f"query_{n}" / "top_k.png"
+            row_path.parent.mkdir(parents=True, exist_ok=True)
+            grid(np.array([n])).save(row_path)
+            pictures: dict[str, Path] = {f"top-{k} ({mode})": row_path}
+            pictures |= _explanations(inputs, load, str(sketches["path"][q]), str(photos["path"][ranked[0]]), out, n)
+            rows.append(ReportRow(f"Query {n}: {names[int(sketches['class_id'][q])]} and its top photo", pictures))
     return write_report(
         out,
-        title=f"{family.title} evaluation: {info.get('target') or info.get('role')}",
-        metrics=metrics,
-        info=info,
+        title=f"{inputs.family.title} evaluation: {inputs.info.get('setting')}, "
+        f"{inputs.info.get('target') or inputs.info.get('role')} role",
+        metrics=inputs.metrics,
+        info=inputs.info,
         images=images,
-        notes=notes,
+        notes=inputs.notes,
+        rows=rows,
     )
 
 
-class _Explain:
-    """Attention maps, token correspondences and patch synthesis for the first queries and their top photo."""
+def _explanations(inputs: ReportInputs, load, sketch_path: str, photo_path: str, out: Path, n: int) -> dict[str, Path]:
+    """Attention maps, token correspondences and patch synthesis of a query and its top photo, scaled up."""
+    from sbir.explain import save_explanation
 
-    def __init__(self, model, family: MethodFamily, transform: ImageTransform, load) -> None:
-        self.model, self.family, self.transform, self.load = model, family, transform, load
-
-    def write(self, out: Path, count: int, queries, rankings, sketches, photos) -> dict[str, Path]:
-        from sbir.explain import save_explanation
-
-        device = next(self.model.parameters()).device
-        written: dict[str, Path] = {}
-        for n, (q, ranked) in enumerate(zip(queries[:count], rankings[:count], strict=True)):
-            sketch = self.transform(self.load(str(sketches["path"][q])), "sketch").to(device)
-            photo = self.transform(self.load(str(photos["path"][ranked[0]])), "photo").to(device)
-            explanation = self.family.explain(self.model, sketch, photo)
-            for path in save_explanation(explanation, out / "explanations" / f"query_{n}"):
-                written[f"Query {n}: {path.stem.replace('_', ' ')}"] = path
-        return written
+    device = next(inputs.model.parameters()).device
+    sketch = inputs.transform(load(sketch_path), "sketch").to(device)
+    photo = inputs.transform(load(photo_path), "photo").to(device)
+    explanation = inputs.family.explain(inputs.model, sketch, photo)
+    scale = max(1, EXPLANATION_SIDE // inputs.transform.size)
+    paths = save_explanation(explanation, out / "explanations" / f"query_{n}", scale=scale)
+    return {path.stem.replace("_", " "): path for path in paths}

@@ -343,14 +343,28 @@ def _evaluate_best(config: Config, prepared: str, outcome: TrainOutcome, tracker
 
     run_dir, best_dir = outcome.run_dir, outcome.best_checkpoint
     echo(f"[{outcome.run_name}] evaluating the best checkpoint on the unseen classes")
-    evaluation = evaluate_checkpoint(best_dir, prepared, out_dir=run_dir / "eval-test", config=config, role="test")
+    untrained = run_dir / "eval-untrained"
+    evaluation = evaluate_checkpoint(
+        best_dir,
+        prepared,
+        out_dir=run_dir / "eval-test",
+        config=config,
+        role="test",
+        baseline=untrained if untrained.is_dir() else None,
+        mlflow_run=tracker.run_id,
+    )
     outcome.test_metrics = evaluation.metrics
     outcome.report = evaluation.report
     tracker.log_metrics({f"test_{m}_{k}": v for m, d in evaluation.metrics.items() for k, v in d.items()})
     tracker.log_artifact(run_dir / "eval-test", "report")
     for target in config.eval.targets:
         cross = evaluate_checkpoint(
-            best_dir, None, out_dir=run_dir / f"eval-{target.name}", config=config, target=target
+            best_dir,
+            None,
+            out_dir=run_dir / f"eval-{target.name}",
+            config=config,
+            target=target,
+            mlflow_run=tracker.run_id,
         )
         tracker.log_metrics({f"{target.name}_{m}_{k}": v for m, d in cross.metrics.items() for k, v in d.items()})
         tracker.log_artifact(run_dir / f"eval-{target.name}", f"report-{target.name}")

@@ -8,8 +8,9 @@ finished score matrices come back to the CPU for the metrics.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,10 +24,12 @@ from sbir.models.encoding import Encoding
 
 @dataclass
 class Evaluation:
-    """Metrics per mode and the (CPU, float32) score matrices they came from (kept for reports)."""
+    """Metrics per mode, the (CPU, float32) score matrices they came from (kept for reports), and the
+    seconds each mode took to score."""
 
     metrics: dict[str, dict[str, float]]
     scores: dict[str, torch.Tensor]
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def pair_index(query_pairs: Sequence[str | None], gallery_pairs: Sequence[str | None]) -> np.ndarray | None:
@@ -49,13 +52,16 @@ def evaluate_gallery(
         raise SbirError(f"nothing to evaluate: {len(query_labels)} sketches, {len(gallery)} photos")
     metrics: dict[str, dict[str, float]] = {}
     scores: dict[str, torch.Tensor] = {}
+    seconds: dict[str, float] = {}
     for mode in modes:
+        started = time.perf_counter()
         matrix = (
             gallery.score_matrix(queries, mode, rerank_k=eval_cfg.rerank_k, precision=eval_cfg.eval_precision)
             .float()
             .cpu()
         )
         scores[mode] = matrix
+        seconds[mode] = time.perf_counter() - started
         metrics[mode] = compute_metrics(
             matrix.numpy(),
             query_labels,
@@ -65,4 +71,4 @@ def evaluate_gallery(
             query_chunk=eval_cfg.query_chunk,
             pair_index=pairs,
         )
-    return Evaluation(metrics, scores)
+    return Evaluation(metrics, scores, seconds)

@@ -135,11 +135,31 @@ def precision_recall_curve(
     return levels / steps, total / used
 
 
-def plot_precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
+def chance_precision(query_labels: Any, gallery_labels: Any) -> float:
+    """Precision of a random ranking at every recall level: the mean share of relevant gallery items
+    (R / G) over the queries that have any."""
+    q = np.asarray(query_labels)
+    g = np.asarray(gallery_labels)
+    classes, counts = np.unique(g, return_counts=True)
+    relevant = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+    shares = [relevant[label] / len(g) for label in q.tolist() if label in relevant]
+    if not shares:
+        raise ValueError("no query has a relevant gallery item")
+    return float(np.mean(shares))
+
+
+def plot_precision_recall(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    title: str = "",
+    baselines: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    chance: float | None = None,
+) -> Path:
     """One PNG with a line per named curve (e.g. {"zse/rn": (r, p), "zse/ret": (r, p)}); Agg backend, no display.
 
-    Uses an Agg canvas directly (no pyplot), so it never opens a window or changes the global backend.
-    The PNG carries no software/date metadata. Parent directories are created.
+    ``baselines`` (e.g. the untrained model's curves) are drawn dashed and grey-toned, ``chance`` (see
+    :func:`chance_precision`) as a dotted horizontal line. Uses an Agg canvas directly (no pyplot), so it
+    never opens a window or changes the global backend. The PNG carries no software/date metadata.
     """
     if not curves:
         raise ValueError("plot_precision_recall needs at least one curve")
@@ -154,6 +174,10 @@ def plot_precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path
         if recall.shape != precision.shape or recall.ndim != 1:
             raise ValueError(f"curve {name!r}: recall and precision must be 1-D of equal length")
         ax.plot(recall, precision, marker="o", markersize=3, linewidth=1.5, label=str(name))
+    for name, (recall, precision) in (baselines or {}).items():
+        ax.plot(recall, precision, linestyle="--", linewidth=1.2, alpha=0.7, label=str(name))
+    if chance is not None:
+        ax.axhline(chance, color="black", linestyle=":", linewidth=1.0, label=f"chance ({chance:.3f})")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("recall")

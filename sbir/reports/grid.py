@@ -18,8 +18,10 @@ logger = logging.getLogger(__name__)
 FRAME = 4
 #: Gap in pixels between cells and around the edge of the grid.
 GAP = 6
-#: Height in pixels of the caption band under each row (holds the query's class name).
-LABEL_HEIGHT = 16
+#: Height in pixels of the caption band under each row: two text lines (rank and score, then the class).
+LABEL_HEIGHT = 30
+#: Side in pixels of the hit/miss mark drawn in each result's corner (a tick or a cross: not colour alone).
+MARK = 12
 #: Frame colours: same class as the query, a different class, and the query itself.
 HIT_COLOUR = (0, 170, 0)
 MISS_COLOUR = (215, 0, 0)
@@ -102,6 +104,24 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
     return text + "..."
 
 
+def _mark(draw: ImageDraw.ImageDraw, x: int, y: int, hit: bool) -> None:
+    """A tick (hit) or a cross (miss) on a white square at (x, y): readable without colour."""
+    colour = HIT_COLOUR if hit else MISS_COLOUR
+    draw.rectangle([x, y, x + MARK - 1, y + MARK - 1], fill=BACKGROUND, outline=colour)
+    if hit:
+        draw.line(
+            [(x + 2, y + MARK // 2), (x + MARK // 2 - 1, y + MARK - 3), (x + MARK - 3, y + 2)], fill=colour, width=2
+        )
+    else:
+        draw.line([(x + 2, y + 2), (x + MARK - 3, y + MARK - 3)], fill=colour, width=2)
+        draw.line([(x + 2, y + MARK - 3), (x + MARK - 3, y + 2)], fill=colour, width=2)
+
+
+def _name(class_names: list[str] | None, label: Any) -> str:
+    known = class_names is not None and 0 <= int(label) < len(class_names)
+    return str(class_names[int(label)]) if known else f"class {label}"
+
+
 def retrieval_grid(
     query_images: list[Image.Image],
     gallery_images: Callable[[int], Image.Image],
@@ -110,13 +130,14 @@ def retrieval_grid(
     gallery_labels: np.ndarray,
     class_names: list[str] | None = None,
     thumb: int = 96,
+    scores: np.ndarray | None = None,
 ) -> Image.Image:
-    """Rows = sample queries: the query sketch, then its top-k gallery photos (rankings[i], best first), each
-    framed green if same class and red otherwise, with the class name under the query.
+    """Rows = sample queries: the query sketch, then its top-k gallery photos (rankings[i], best first).
 
-    gallery_images(j) loads gallery item j lazily, so only the shown photos are read. query_labels[i] is the
-    label of query_images[i]; gallery_labels covers the whole gallery; class_names maps label ids to names.
-    The size is :func:`grid_size`; save it with ``sbir.explain.render.save_png`` or ``Image.save``.
+    Each photo is framed green and ticked when it has the query's class, framed red and crossed when not;
+    under it are its rank, its score (``scores[i, r]``, when given) and its class. The query's class is
+    written under the query. gallery_images(j) loads gallery item j lazily, so only the shown photos are
+    read. The size is :func:`grid_size`; save it with ``sbir.explain.render.save_png`` or ``Image.save``.
     """
     rankings = np.asarray(rankings)
     if isinstance(thumb, bool) or int(thumb) != thumb or thumb < 8:
@@ -124,6 +145,8 @@ def retrieval_grid(
     n_rows = len(query_images)
     if rankings.ndim != 2 or rankings.shape[0] != n_rows:
         raise ValueError(f"rankings must be {n_rows} x k (one row per query image), got shape {rankings.shape}")
+    if scores is not None and np.shape(scores) != rankings.shape:
+        raise ValueError(f"scores must have the shape of rankings {rankings.shape}, got {np.shape(scores)}")
     q_labels = np.asarray(query_labels)
     g_labels = np.asarray(gallery_labels)
     if q_labels.shape != (n_rows,):
@@ -137,14 +160,19 @@ def retrieval_grid(
     for i, query in enumerate(query_images):
         y = GAP + i * (cell + LABEL_HEIGHT + GAP)
         label = q_labels[i]
-        tiles = [(query, QUERY_COLOUR)]
-        tiles += [(gallery_images(int(j)), HIT_COLOUR if g_labels[j] == label else MISS_COLOUR) for j in rankings[i]]
-        for col, (image, colour) in enumerate(tiles):
-            x = GAP + col * (cell + GAP)
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
-            canvas.paste(_thumbnail(image, thumb), (x + FRAME, y + FRAME))
-        known = class_names is not None and 0 <= int(label) < len(class_names)
-        name = class_names[int(label)] if known else f"class {label}"
-        draw.text((GAP, y + cell + 2), _fit_text(draw, str(name), cell), fill=TEXT_COLOUR)
+        draw.rectangle([GAP, y, GAP + cell - 1, y + cell - 1], fill=QUERY_COLOUR)
+        canvas.paste(_thumbnail(query, thumb), (GAP + FRAME, y + FRAME))
+        draw.text((GAP, y + cell + 2), _fit_text(draw, _name(class_names, label), cell), fill=TEXT_COLOUR)
+        draw.text((GAP, y + cell + 15), "query", fill=QUERY_COLOUR)
+        for rank, j in enumerate(rankings[i], start=1):
+            x = GAP + rank * (cell + GAP)
+            hit = bool(g_labels[j] == label)
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=HIT_COLOUR if hit else MISS_COLOUR)
+            canvas.paste(_thumbnail(gallery_images(int(j)), thumb), (x + FRAME, y + FRAME))
+            if thumb >= 3 * MARK:
+                _mark(draw, x + FRAME + 1, y + FRAME + 1, hit)
+            head = f"#{rank}" + (f"  {float(scores[i, rank - 1]):.3f}" if scores is not None else "")
+            draw.text((x, y + cell + 2), _fit_text(draw, head, cell), fill=TEXT_COLOUR)
+            draw.text((x, y + cell + 15), _fit_text(draw, _name(class_names, g_labels[j]), cell), fill=TEXT_COLOUR)
     logger.debug("retrieval grid: %d queries x %d results at %d px", n_rows, k, thumb)
     return canvas

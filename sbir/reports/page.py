@@ -47,6 +47,14 @@ class ReportFiles:
 
 
 @dataclass(frozen=True)
+class ReportRow:
+    """One row of pictures shown side by side, e.g. a query's top-k results beside its explanations."""
+
+    caption: str
+    images: dict[str, str | Path]
+
+
+@dataclass(frozen=True)
 class MetricRow:
     """One row of the metric table: a metric name, its description (may be empty) and one value per run."""
 
@@ -207,6 +215,11 @@ def _markdown(doc: dict[str, Any], rows: list[MetricRow], runs: list[str]) -> st
         lines += ["## Images", ""]
         for caption, rel in doc["images"].items():
             lines += [f"### {_md(caption)}", "", f"![{_md(caption)}]({quote(rel)})", ""]
+    if doc["rows"]:
+        lines += ["## Queries", ""]
+        for row in doc["rows"]:
+            lines += [f"### {_md(row['caption'])}", ""]
+            lines += [" ".join(f"![{_md(cap)}]({quote(rel)})" for cap, rel in row["images"].items()), ""]
     return "\n".join(lines)
 
 
@@ -228,6 +241,9 @@ code { font-family: ui-monospace, monospace; font-size: 0.95em; word-break: brea
 figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { color: #444; margin-top: 0.3em; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; margin: 0.5em 0 2em; }
+.row figure { margin: 0; }
+.row figure img { max-width: none; image-rendering: pixelated; }
 """
 
 
@@ -281,6 +297,17 @@ def _html(doc: dict[str, Any], rows: list[MetricRow], runs: list[str]) -> str:
                 f'<figure><a href="{src}"><img src="{src}" alt="{_esc(caption)}"></a>'
                 f"<figcaption>{_esc(caption)}</figcaption></figure>"
             )
+    if doc["rows"]:
+        out.append("<h2>Queries</h2>")
+        for row in doc["rows"]:
+            out += [f"<h3>{_esc(row['caption'])}</h3>", '<div class="row">']
+            for caption, rel in row["images"].items():
+                src = _esc(quote(rel))
+                out.append(
+                    f'<figure><a href="{src}"><img src="{src}" alt="{_esc(caption)}"></a>'
+                    f"<figcaption>{_esc(caption)}</figcaption></figure>"
+                )
+            out.append("</div>")
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
 
@@ -296,6 +323,7 @@ def write_report(
     info: dict[str, Any],
     images: dict[str, str | Path] | None = None,
     notes: list[str] | None = None,
+    rows: list[ReportRow] | None = None,
 ) -> ReportFiles:
     """Write report.json, report.md and report.html to out_dir (created if needed) and return their paths.
 
@@ -305,7 +333,8 @@ def write_report(
     definition table and stored in JSON. images: {"caption": path} of PNGs already written (PR plot, retrieval
     grid, explanations), linked by paths relative to out_dir; nothing is copied, and a path outside out_dir
     raises ValueError naming it (relative paths are taken from the current directory, like any path).
-    notes: warning lines shown prominently (e.g. "selected on test classes").
+    notes: warning lines shown prominently (e.g. "selected on test classes"). rows: groups of pictures shown
+    side by side (a query's results beside its explanations). Info entries whose value is None are left out.
 
     The HTML is one self-contained static page (inline CSS, no scripts, no external assets except the relative
     PNGs) and escapes all text. The JSON is {"title", "metrics", "info", "images": {caption: relpath}, "notes",
@@ -313,12 +342,17 @@ def write_report(
     """
     out = Path(out_dir)
     image_links = {str(caption): _relative_image(path, out) for caption, path in (images or {}).items()}
+    row_links = [
+        {"caption": row.caption, "images": {str(c): _relative_image(p, out) for c, p in row.images.items()}}
+        for row in rows or []
+    ]
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "title": str(title),
         "metrics": to_jsonable({str(run): dict(values) for run, values in metrics.items()}),
-        "info": to_jsonable(dict(info)),
+        "info": to_jsonable({k: v for k, v in info.items() if v is not None}),
         "images": image_links,
+        "rows": row_links,
         "notes": [str(n) for n in (notes or [])],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

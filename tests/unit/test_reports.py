@@ -242,7 +242,7 @@ def test_write_report_json_round_trip(tmp_path):
         tmp_path / "report.html",
     )
     doc = json.loads(files.json.read_text(encoding="utf-8"))
-    assert set(doc) == {"title", "metrics", "info", "images", "notes", "created"}
+    assert set(doc) == {"title", "metrics", "info", "images", "notes", "created", "rows"}
     assert doc["metrics"]["zse/ret"] == {"p_100": 0.25, "map_all_voc": 0.5, "n_queries": 12.0, "custom": 3.0}
     assert doc["metrics"]["zse/rn"]["n_queries"] == 12 and doc["metrics"]["zse/rn"]["acc_1"] is None
     assert doc["info"] == {"checkpoint": "ckpt/zse", "epochs": 3, "timing_s": 1.5, "cfg": {"a": [1, 2]}}
@@ -303,3 +303,60 @@ def test_write_report_rejects_images_outside_out_dir(tmp_path):
     with pytest.raises(ValueError, match=r"escape\.png"):
         write_report(out, title="t", metrics={}, info={}, images={"x": out / ".." / "escape.png"})
     assert not out.exists()  # nothing is written when an image is rejected
+
+
+def test_report_rows_show_pictures_side_by_side_and_empty_info_is_left_out(tmp_path):
+    from sbir.reports import ReportRow
+
+    for name in ("q0.png", "q0_attention.png"):
+        (tmp_path / name).write_bytes(b"png")
+    files = write_report(
+        tmp_path,
+        title="run",
+        metrics=_metrics(),
+        info={"target": None, "role": "test"},
+        rows=[ReportRow("Query 0", {"top-k": tmp_path / "q0.png", "attention": tmp_path / "q0_attention.png"})],
+    )
+    doc = json.loads(files.json.read_text())
+    assert doc["info"] == {"role": "test"}  # no "target: null" on the page
+    assert doc["rows"] == [{"caption": "Query 0", "images": {"top-k": "q0.png", "attention": "q0_attention.png"}}]
+    page = files.html.read_text()
+    assert page.index('<div class="row">') < page.index('src="q0.png"') < page.index('src="q0_attention.png"')
+    assert "target" not in page
+
+
+def test_chance_precision_is_the_mean_share_of_relevant_photos():
+    from sbir.reports import chance_precision
+
+    # Gallery: 2 of class 0, 1 of class 1, 1 of class 2; queries of classes 0, 1 and 5 (no relevant photo).
+    assert chance_precision(np.array([0, 1, 5]), np.array([0, 0, 1, 2])) == pytest.approx((2 / 4 + 1 / 4) / 2)
+
+
+def test_the_pr_plot_draws_baselines_and_chance(tmp_path):
+    r = np.linspace(0, 1, 11)
+    plain = plot_precision_recall({"zse/rn": (r, 1 - r / 2)}, tmp_path / "a.png")
+    full = plot_precision_recall(
+        {"zse/rn": (r, 1 - r / 2)}, tmp_path / "b.png", "Sketchy-25, test", {"untrained zse/rn": (r, 0.3 - r / 10)}, 0.1
+    )
+    assert np.asarray(Image.open(full)).tobytes() != np.asarray(Image.open(plain)).tobytes()
+
+
+def test_retrieval_grid_marks_hits_by_shape_and_writes_rank_and_score():
+    thumb = 48
+    gallery = [Image.new("RGB", (48, 48), (120, 120, 250)) for _ in range(3)]
+    labels = np.array([0, 1, 0])
+    args = ([Image.new("RGB", (48, 48), (0, 0, 0))], lambda j: gallery[j], np.array([[0, 1]]), np.array([0]), labels)
+    with_scores = np.asarray(retrieval_grid(*args, ["cat", "dog"], thumb, scores=np.array([[0.91, 0.42]])))
+    without = np.asarray(retrieval_grid(*args, ["cat", "dog"], thumb))
+    cell = thumb + 2 * FRAME
+
+    def mark(grid: np.ndarray, col: int) -> np.ndarray:
+        """Which pixels of a result's corner mark are drawn (not white)."""
+        x, y = GAP + col * (cell + GAP) + FRAME + 1, GAP + FRAME + 1
+        return (grid[y : y + 12, x : x + 12] != 255).any(axis=2)
+
+    hit_mark, miss_mark = mark(with_scores, 1), mark(with_scores, 2)
+    assert hit_mark.any() and miss_mark.any()
+    assert not np.array_equal(hit_mark, miss_mark), "a tick and a cross differ in shape, not only in colour"
+    band = slice(GAP + cell, GAP + cell + LABEL_HEIGHT)
+    assert not np.array_equal(with_scores[band], without[band]), "the scores are written under the photos"
