@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ from pipelines.prepare import DataSource, ensure_prepared, read_manifest, read_p
 from pipelines.rows import ROW_COLUMNS
 from sbir.checkpoint import load_checkpoint, read_checkpoint_meta
 from sbir.config import Config, EvalConfig, EvalTarget
+from sbir.data.classes import class_overlap
 from sbir.errors import DeviceError, SbirError
 from sbir.inference.encoder import Encoder, resolve_device
-from sbir.inference.evaluate import Evaluation, evaluate_gallery, pair_index
+from sbir.inference.evaluate import Evaluation, evaluate_gallery
 from sbir.inference.gallery import Gallery, items_from_rows
 from sbir.inference.transforms import ImageTransform
 from sbir.methods import MethodFamily, family_of
@@ -135,12 +135,6 @@ def embed_role(
     return _gather(ds)
 
 
-def normalise_class(name: str) -> str:
-    """Class names as cross-dataset overlap compares them (docs/settings.md#cross-dataset-class-overlap):
-    lower-case, '_' and '-' as spaces; exact matching, so synonyms are missed."""
-    return re.sub(r"[_\-]+", " ", name.lower()).strip()
-
-
 def prepare_target(target: EvalTarget, run_dir: Path) -> str:
     """Prepared shards of a cross-dataset target (all of its classes in the test role)."""
     out = target.prepared or str(run_dir / "targets" / target.name)
@@ -187,15 +181,14 @@ def evaluate_checkpoint(
         encoded.sketches["class_id"],
         family.retrieval_modes(config.eval.modes),
         config.eval,
-        pairs=pair_index(list(encoded.sketches["pair_id"]), list(encoded.photos["pair_id"])),
+        query_pairs=[str(p) if p else None for p in encoded.sketches["pair_id"]],
     )
     metrics = dict(evaluation.metrics)
     notes = []
     if config.train.model_selection == "unseen_test":
         notes.append("selected on test classes: the checkpoint was chosen on the unseen classes it is tested on")
     if target is not None:
-        seen = {normalise_class(c) for c in meta.classes.get("seen", [])}
-        overlap = sorted(c for c in manifest.classes.test if normalise_class(c) in seen)
+        overlap = sorted(class_overlap(meta.seen_classes, manifest.classes.test))
         metrics |= _disjoint(evaluation, encoded, gallery, class_names, set(overlap), config)
         notes.append(f"{len(overlap)} target classes overlap the training classes: {', '.join(overlap) or 'none'}")
     timings = {"encode_s": encode_s, **{f"score_{m}_s": t for m, t in evaluation.seconds.items()}}

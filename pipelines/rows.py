@@ -10,7 +10,6 @@ import torch
 from ray.data.expressions import col
 
 from pipelines.prepare import read_prepared
-from sbir.inference.evaluate import pair_index
 from sbir.inference.transforms import ImageTransform
 
 ROW_COLUMNS = ["path", "image", "class_id", "modality", "pair_id", "role"]
@@ -49,9 +48,6 @@ class RoleImages:
     photo_paths: list[str]
     photo_pairs: list[str]
 
-    def pair_index(self) -> np.ndarray | None:
-        """Gallery column of each sketch's paired photo (fine-grained), or None when not every sketch has one."""
-        return pair_index(self.sketch_pairs, self.photo_pairs)
 
 
 def collect(batches) -> RoleImages:

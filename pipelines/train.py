@@ -31,7 +31,7 @@ from pipelines.streams import epoch_shards, training_metadata
 from pipelines.train_loop import NOT_VALIDATED, LoopConfig, epoch_dataset_name, read_history, train_loop_per_worker
 from sbir.checkpoint import save_checkpoint
 from sbir.config import Config, dump_config, with_absolute_paths
-from sbir.data.batches import BatchSpec
+from sbir.data.batches import batch_spec
 from sbir.data.manifest import PreparedManifest
 from sbir.errors import SbirError
 from sbir.methods import family_of
@@ -79,7 +79,7 @@ class RunTracking:
 def _epoch_datasets(config: Config, prepared: str, transform) -> dict[str, ray.data.Dataset]:
     """One dataset per epoch and worker (batches dealt by index), so multi-worker runs are reproducible."""
     train = config.train
-    spec = BatchSpec(train.classes_per_batch, train.items_per_class, config.model.fine_grained)
+    spec = batch_spec(train, config.model.fine_grained)
     metadata = training_metadata(prepared)
     workers = max(1, train.num_workers)
     per_epoch = train.steps_per_epoch * workers * train.grad_accum

@@ -122,7 +122,7 @@ def validate(model: torch.nn.Module, family: MethodFamily, config: Config, image
             images.sketch_labels,
             family.retrieval_modes([config.train.val_mode]),
             config.eval,
-            pairs=images.pair_index(),
+            query_pairs=images.sketch_pairs,
         )
     finally:
         model.train(was_training)

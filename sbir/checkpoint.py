@@ -48,6 +48,11 @@ class CheckpointMeta:
         return self.config.model.method
 
     @property
+    def seen_classes(self) -> list[str]:
+        """Every class the model has seen: its training classes and the validation classes that chose it."""
+        return [*self.classes.get("seen", []), *self.classes.get("val", [])]
+
+    @property
     def preset(self) -> str:
         from sbir.methods import family_of
 

@@ -84,6 +84,9 @@ class ZSEConfig(_Strict):
 
     preset: Literal["official", "paper"] = "official"
     size: Literal["base", "tiny", "custom"] = "base"
+    granularity: Literal["category", "fine_grained"] = Field(
+        "category", description="fine_grained = instance-level retrieval: the paired photo is the one relevant photo"
+    )
     # Sizes (filled from `size` when not given).
     image_size: int = Field(224, ge=16)
     patch_size: int = Field(16, ge=2)
@@ -345,6 +348,11 @@ class TrainConfig(_Strict):
     triplet_feature: Literal["post_ca", "pre_ca", "both"] = "post_ca"
     model_selection: Literal["seen_val", "unseen_test"] = "seen_val"
     items_per_class: int = Field(3, ge=2, description="K of the P x K batches (sketches and photos per class)")
+    sampler: Literal["class_balanced", "quadruplets"] = Field(
+        "class_balanced",
+        description="class_balanced = P x K batches; quadruplets = the ZSE-SBIR release's batch_size independent "
+        "quadruplets (ZSE-SBIR, category level)",
+    )
     val_every: int = Field(1, ge=1, description="validate every n epochs")
     val_from_epoch: int = Field(1, ge=1, description="first epoch (1-based) that is validated")
     val_mode: Literal["ret", "rn", "rn_rerank"] = Field("ret", description="ZSE-SBIR retrieval mode for validation")
@@ -357,12 +365,24 @@ class TrainConfig(_Strict):
     def _batch_layout(self) -> TrainConfig:
         workers = max(1, self.num_workers)
         micro, rest = divmod(self.batch_size, workers * self.grad_accum)
+        if self.sampler == "quadruplets":
+            if rest:
+                raise ValueError(
+                    f"train.batch_size {self.batch_size} quadruplets must split evenly over num_workers ({workers}) "
+                    f"x grad_accum ({self.grad_accum})"
+                )
+            return self
         if rest or micro % self.items_per_class or micro // self.items_per_class < 2:
             raise ValueError(
                 f"train.batch_size {self.batch_size} must split into num_workers ({workers}) x grad_accum "
                 f"({self.grad_accum}) micro-batches of P x items_per_class ({self.items_per_class}) with P >= 2"
             )
         return self
+
+    @property
+    def micro_batch(self) -> int:
+        """Items (quadruplets, or P x K slots) of each worker's micro-batch."""
+        return self.batch_size // (max(1, self.num_workers) * self.grad_accum)
 
     @property
     def classes_per_batch(self) -> int:
@@ -442,6 +462,15 @@ class Config(_Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _check_sampler(self) -> Config:
+        if self.train.sampler == "quadruplets" and (self.model.method != "zse" or self.model.fine_grained):
+            raise ValueError(
+                "train.sampler=quadruplets is the ZSE-SBIR release's category-level sampling; use "
+                "class_balanced for CLIP-AT and for fine-grained training"
+            )
+        return self
 
     @property
     def setting(self) -> str:

@@ -33,10 +33,53 @@ class Evaluation:
 
 
 def pair_index(query_pairs: Sequence[str | None], gallery_pairs: Sequence[str | None]) -> np.ndarray | None:
-    """Gallery column of each query's paired photo (fine-grained), or None when not every query has one."""
-    column = {str(p): i for i, p in enumerate(gallery_pairs) if p}
-    index = [column.get(str(p), -1) if p else -1 for p in query_pairs]
-    return None if not index or min(index) < 0 else np.asarray(index, dtype=np.int64)
+    """Gallery column of each query's paired photo (the first photo with its pair id), -1 for a query whose
+    photo is not in the gallery or that has no pair id; None when no query has a pair id (category level)."""
+    if not any(query_pairs):
+        return None
+    column: dict[str, int] = {}
+    for i, p in enumerate(gallery_pairs):
+        if p:
+            column.setdefault(str(p), i)
+    return np.asarray([column.get(str(p), -1) if p else -1 for p in query_pairs], dtype=np.int64)
+
+
+def fine_grained_metrics(
+    scores: np.ndarray,
+    query_labels: np.ndarray,
+    query_pairs: Sequence[str | None],
+    gallery: Gallery,
+    eval_cfg: EvalConfig,
+) -> dict[str, float]:
+    """``acc_K`` on the two fine-grained galleries (docs/metrics.md#fine-grained-galleries).
+
+    ``pooled``: every photo with a pair id, each pair id once (copies and unpaired photos, such as Sketchy's
+    EXTEND photos, are left out). ``in_class``: of those, only the photos of the query's own class. Queries
+    whose photo is in neither are counted (``n_queries_no_pair``), not scored.
+    """
+    seen: set[str] = set()
+    columns = []
+    for i, item in enumerate(gallery.items):
+        if item.pair_id and item.pair_id not in seen:
+            seen.add(item.pair_id)
+            columns.append(i)
+    if not columns:
+        return {}
+    columns_arr = np.asarray(columns)
+    pooled = scores[:, columns_arr]
+    pairs = pair_index(query_pairs, [gallery.items[i].pair_id for i in columns])
+    if pairs is None or not (pairs >= 0).any():
+        return {}
+    other_class = np.asarray(query_labels)[:, None] != gallery.class_ids[columns_arr][None, :]
+    in_class = np.where(other_class, -np.inf, pooled)
+    out: dict[str, float] = {}
+    for name, matrix in (("pooled", pooled), ("in_class", in_class)):
+        found = compute_metrics(
+            matrix, None, None, pair_index=pairs, tie_break=eval_cfg.tie_break, tie_seed=eval_cfg.tie_seed
+        )
+        out |= {f"{k}_{name}": v for k, v in found.items() if k.startswith("acc_")}
+        out |= {k: v for k, v in found.items() if k.startswith("n_queries_") and "pair" in k}
+    return out
 
 
 def evaluate_gallery(
@@ -45,9 +88,10 @@ def evaluate_gallery(
     query_labels: np.ndarray,
     modes: Sequence[str],
     eval_cfg: EvalConfig,
-    pairs: np.ndarray | None = None,
+    query_pairs: Sequence[str | None] | None = None,
 ) -> Evaluation:
-    """Every metric variant for each retrieval mode (``pairs`` adds the fine-grained accuracies)."""
+    """Every metric variant for each retrieval mode; the queries' pair ids add the fine-grained
+    accuracies on both fine-grained galleries."""
     if len(query_labels) == 0 or len(gallery) == 0:
         raise SbirError(f"nothing to evaluate: {len(query_labels)} sketches, {len(gallery)} photos")
     metrics: dict[str, dict[str, float]] = {}
@@ -69,6 +113,7 @@ def evaluate_gallery(
             tie_break=eval_cfg.tie_break,
             tie_seed=eval_cfg.tie_seed,
             query_chunk=eval_cfg.query_chunk,
-            pair_index=pairs,
         )
+        if query_pairs is not None:
+            metrics[mode] |= fine_grained_metrics(matrix.numpy(), query_labels, query_pairs, gallery, eval_cfg)
     return Evaluation(metrics, scores, seconds)

@@ -16,13 +16,16 @@ from sbir.models.zse.model import ZSEEncoding
 
 
 class ZSETrainingLoss(TrainingLoss):
-    """Quadruplets from each batch; 2 x triplet + 4 x relation MSE (docs/zse_sbir.md#training)."""
+    """Quadruplets from each batch (the release's independent ones, sampled from a P x K batch, or fine-grained
+    pairs with a same-class negative photo); 2 x triplet + 4 x relation MSE (docs/zse_sbir.md#training)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__()
         from sbir.losses.zse import ZSELossWeights
 
         train = config.train
+        self.fine_grained = config.model.fine_grained
+        self.independent = train.sampler == "quadruplets"
         self.weights = ZSELossWeights(
             triplet_weight=train.triplet_weight,
             relation_weight=train.relation_weight,
@@ -31,10 +34,15 @@ class ZSETrainingLoss(TrainingLoss):
         )
 
     def forward(self, model, batch, generator):
-        from sbir.data.batches import zse_quadruplets
+        from sbir.data.batches import fine_grained_quadruplets, independent_quadruplets, zse_quadruplets
         from sbir.losses.zse import zse_loss
 
-        sketch, sketch_neg, photo_pos, photo_neg = zse_quadruplets(batch, generator)
+        if self.independent:  # the batch holds the release's quadruplets as planned
+            sketch, sketch_neg, photo_pos, photo_neg = independent_quadruplets(batch)
+        elif self.fine_grained:
+            sketch, sketch_neg, photo_pos, photo_neg = fine_grained_quadruplets(batch, generator)
+        else:
+            sketch, sketch_neg, photo_pos, photo_neg = zse_quadruplets(batch, generator)
         return zse_loss(model, sketch, sketch_neg, photo_pos, photo_neg, self.weights)
 
 

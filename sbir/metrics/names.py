@@ -36,6 +36,15 @@ def _dedupe(values: Iterable[int], what: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+#: The two fine-grained galleries (docs/metrics.md#fine-grained-galleries): every paired photo of the test
+#: classes once, or only the paired photos of the query's own class.
+FG_GALLERIES: tuple[str, ...] = ("pooled", "in_class")
+_FG_GALLERY_TEXT = {
+    "pooled": "among every paired photo of the test classes, each once",
+    "in_class": "among the paired photos of the query's own class",
+}
+
+
 def metric_infos(
     cut: int = 200, ks: Sequence[int] = (100, 200), acc_ks: Sequence[int] | None = None
 ) -> list[MetricInfo]:
@@ -93,6 +102,18 @@ def metric_infos(
                     percent=True,
                 )
             )
+        for gallery in FG_GALLERIES:
+            for k in _dedupe(acc_ks, "acc_ks"):
+                infos.append(
+                    MetricInfo(
+                        f"acc_{k}_{gallery}",
+                        f"% of queries whose paired photo has rank <= {k} {_FG_GALLERY_TEXT[gallery]}",
+                        "fine-grained: CLIP-AT FG table (pooled presumed)"
+                        if gallery == "pooled"
+                        else "fine-grained, per class",
+                        percent=True,
+                    )
+                )
     return infos
 
 

@@ -136,7 +136,7 @@ def _known_descriptions(names: list[str]) -> dict[str, str]:
 
     cuts = sorted({int(m.group(1)) for n in names if (m := re.fullmatch(r"(?:map_|rel_at_)(\d+)(?:_.*)?", n))})
     ks = sorted({int(m.group(1)) for n in names if (m := re.fullmatch(r"p_(\d+)(?:_minR)?", n))})
-    acc_ks = sorted({int(m.group(1)) for n in names if (m := re.fullmatch(r"acc_(\d+)", n))})
+    acc_ks = sorted({int(m.group(1)) for n in names if (m := re.fullmatch(r"acc_(\d+)(?:_pooled|_in_class)?", n))})
     known: dict[str, str] = {}
     for cut in cuts or [200]:
         for info in metric_infos(cut, ks or (100, 200), acc_ks or None):

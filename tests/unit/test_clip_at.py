@@ -220,7 +220,8 @@ def test_text_classifier_offline() -> None:
     assert torch.allclose(model.class_logits(f), model.cls_scale * f @ emb.t(), atol=1e-5)
     model.set_classes(["dog", "bird"])
     assert model.class_logits(f).shape == (4, 2) and model.class_names == ["dog", "bird"]
-    assert "classifier.class_embeddings" not in model.state_dict()
+    # Saved with the model (a checkpoint is rebuilt from a random text tower): see the checkpoint test below.
+    assert torch.equal(model.state_dict()["classifier.class_embeddings"], model.classifier.class_embeddings)
 
 
 def test_classifier_temperature_and_errors() -> None:
@@ -309,3 +310,37 @@ def test_clip_at_state_dict_round_trip(images: torch.Tensor) -> None:
     with torch.no_grad():
         for modality in ("sketch", "photo"):
             assert torch.equal(source.encode(images, modality), target.encode(images, modality))
+
+
+def test_a_saved_checkpoint_keeps_the_classifiers_text_embeddings_and_scale(tmp_path):
+    """load_checkpoint rebuilds the model with a random text tower; the classifier must still be the trained one's."""
+    from sbir.checkpoint import load_checkpoint, save_checkpoint
+    from sbir.config import load_config
+    from sbir.methods import family_of
+
+    config = load_config("synthetic_clip_at")
+    classes = ["cat", "dog", "hot_air_balloon"]
+    torch.manual_seed(1)
+    trained = family_of(config).build_model(config.model, classes, load_pretrained=False).eval()
+    trained.classifier.logit_scale.fill_(100.0)  # as an `openai` backbone has, unlike a random one (14.29)
+    save_checkpoint(tmp_path / "ckpt", trained, config, classes={"seen": classes})
+    torch.manual_seed(2)  # another random text tower at rebuild time
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.cls_scale == 100.0
+    assert torch.equal(loaded.classifier.class_embeddings, trained.classifier.class_embeddings)
+    features = torch.nn.functional.normalize(torch.randn(4, trained.embed_dim), dim=-1)
+    assert torch.allclose(loaded.class_logits(features), trained.class_logits(features))
+
+
+def test_the_open_clip_floor_has_the_pooling_the_encoder_calls():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from open_clip.transformer import VisionTransformer
+
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if d.startswith("open_clip_torch")]
+    floor = tuple(int(x) for x in re.search(r">=\s*([\d.]+)", spec).group(1).split("."))
+    assert floor >= (2, 32), "visual._pool, which the prompted encoder calls, first appears in open_clip 2.32.0"
+    assert hasattr(VisionTransformer, "_pool")

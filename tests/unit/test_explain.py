@@ -304,3 +304,18 @@ def test_denormalize_range() -> None:
     img = denormalize(torch.stack([torch.full((2, 2), -1.0), torch.zeros(2, 2), torch.ones(2, 2)]))
     assert img.shape == (2, 2, 3) and img.dtype == np.uint8
     assert tuple(img[0, 0]) == (0, 128, 255)
+
+
+def test_token_dropping_in_the_last_layer_still_explains(toy_batch):
+    """The attention map of a block that drops tokens is over the tokens it attended to (before dropping);
+    returning the positions after dropping made the map builder fail."""
+    from sbir.config import ZSEConfig
+    from sbir.models.zse import ZSESBIR
+
+    torch.manual_seed(0)
+    cfg = ZSEConfig(size="tiny", downsample="linear", evit_keep=[1.0, 1.0, 1.0, 0.5])
+    model = ZSESBIR(cfg).eval()
+    sketches, photos, _ = toy_batch
+    expl = explain_pair(model, sketches[0], photos[0])
+    assert expl.sketch_attention.shape == (cfg.heads, cfg.grid, cfg.grid)
+    assert (expl.sketch_attention > 0).sum(axis=(1, 2)).max() <= cfg.num_patches

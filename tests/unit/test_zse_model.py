@@ -266,3 +266,25 @@ def test_training_reduces_loss_on_a_fixed_batch(toy_batch):
         opt.step()
         first = first if first is not None else parts["loss"].item()
     assert parts["loss"].item() < 0.5 * first
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.1, 0.2])
+@pytest.mark.parametrize("kernels", [5, 11, 21])
+@pytest.mark.parametrize("centre", [0.0, 0.9])  # tokens uncorrelated, or near-identical as in random-init ViTs
+def test_the_kernel_head_starts_at_half_with_a_live_gradient(sigma, kernels, centre):
+    torch.manual_seed(0)
+    s = (centre + 0.05 * torch.randn(8, 49, 49)).clamp(-1, 1).requires_grad_(True)
+    head = KernelRelationHead(kernels, sigma, 0.01)
+    head.eval()
+    saturated = head(s)  # before its first training batch: bias 0, the eps floor drags every logit down
+    head.train()
+    score = head(s)
+    assert abs(float(score.detach().mean()) - 0.5) < 0.05 and bool(head.initialised)
+    grad = torch.autograd.grad(score.sum(), s)[0].abs().mean()
+    grad_saturated = torch.autograd.grad(saturated.sum(), s)[0].abs().mean()
+    assert grad > 1e-4, "the sigmoid is not saturated: the kernel matrix gets a gradient"
+    if sigma <= 0.1:
+        assert float(saturated.detach().mean()) < 0.02 and grad > 10 * grad_saturated
+    before = head.bias.detach().clone()
+    head(s)
+    assert torch.equal(head.bias.detach(), before), "initialised once, then trained like any parameter"

@@ -52,12 +52,19 @@ class TextClassifier(nn.Module):
         self.text_model = text_model
         self.tokenizer = tokenizer
         self.template = template
-        self.scale = float(scale)
         self.chunk = chunk
         self.class_names: list[str] = []
-        self.register_buffer("class_embeddings", torch.zeros(0, embed_dim), persistent=False)
+        # Both are saved with the model: a checkpoint rebuilt from a random text tower (load_pretrained=False)
+        # must classify with the text embeddings and logit scale it was trained with, not recompute them.
+        self.register_buffer("logit_scale", torch.tensor(float(scale)))
+        self.register_buffer("class_embeddings", torch.zeros(0, embed_dim))
         for param in self.text_model.parameters():
             param.requires_grad_(False)
+
+    @property
+    def scale(self) -> float:
+        """The constant logit scale (1 / temperature) the cosines are multiplied by."""
+        return float(self.logit_scale)
 
     @property
     def num_classes(self) -> int:

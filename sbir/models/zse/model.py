@@ -30,7 +30,7 @@ class ZSEEncoding(Encoding):
     tokens: torch.Tensor  # B x (1+N) x D, [Ret] then patches in original positions (dropped = 0)
     mask: torch.Tensor | None = None  # B x N keep mask under EViT, None when every patch is kept
     last_attn: torch.Tensor | None = None  # B x H x (1+k) x (1+k) last-block attention, when asked
-    positions: torch.Tensor | None = None  # B x k patch index of each row of last_attn
+    positions: torch.Tensor | None = None  # B x m patch index of each row of last_attn
 
     transient: ClassVar[tuple[str, ...]] = ("last_attn", "positions")
 
@@ -89,7 +89,7 @@ class ZSESBIR(nn.Module):
             tokens=tokens,
             mask=mask,
             last_attn=out.last_attn,
-            positions=positions if need_weights else None,
+            positions=out.attn_positions if need_weights else None,
         )
 
     # ----------------------------------------------------------------- relation

@@ -84,7 +84,13 @@ class MLPRelationHead(nn.Module):
 
 
 class KernelRelationHead(nn.Module):
-    """RBF kernel pooling over S: f_k = sum_i log(sum_j phi_k(S_ij) + eps), r = sigmoid(w.f*scale + b)."""
+    """RBF kernel pooling over S: f_k = sum_i log(sum_j phi_k(S_ij) + eps), r = sigmoid(w.f*scale + b).
+
+    Initialised on the data: at the first training batch the bias is set so that the batch's mean logit is 0
+    (scores near 0.5, where the sigmoid's gradient is largest). With a zero bias the eps floor of kernels far
+    from every cosine puts the logit near -10 and the head starts saturated (docs/zse_sbir.md#kernel-relation-head).
+    Under DDP the batch means are averaged over ranks, so every rank starts from the same bias.
+    """
 
     def __init__(self, kernels: int, sigma: float, scale: float) -> None:
         super().__init__()
@@ -93,6 +99,7 @@ class KernelRelationHead(nn.Module):
         self.scale = scale
         self.weight = nn.Parameter(torch.full((kernels,), 1.0 / kernels))
         self.bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("initialised", torch.tensor(False))
 
     def pooled(
         self, s: torch.Tensor, sketch_mask: torch.Tensor | None = None, photo_mask: torch.Tensor | None = None
@@ -106,10 +113,23 @@ class KernelRelationHead(nn.Module):
             per_row = per_row * sketch_mask.unsqueeze(-1)
         return per_row.sum(dim=1) * self.scale
 
+    @torch.no_grad()
+    def _initialise(self, logits: torch.Tensor) -> None:
+        mean = logits.mean()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(mean)
+            mean /= torch.distributed.get_world_size()
+        self.bias -= mean
+        self.initialised.fill_(True)
+
     def forward(
         self, s: torch.Tensor, sketch_mask: torch.Tensor | None = None, photo_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return torch.sigmoid(self.pooled(s, sketch_mask, photo_mask) @ self.weight + self.bias)
+        logits = self.pooled(s, sketch_mask, photo_mask) @ self.weight + self.bias
+        if self.training and not bool(self.initialised):
+            self._initialise(logits)
+            logits = self.pooled(s, sketch_mask, photo_mask) @ self.weight + self.bias
+        return torch.sigmoid(logits)
 
 
 def build_relation_head(cfg: ZSEConfig) -> nn.Module:

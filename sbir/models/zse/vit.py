@@ -122,21 +122,26 @@ class Transformer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        last_attn = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Tokens, their patch positions, and (when asked) the last block's attention with the positions of
+        its rows: the tokens that block attended over, before its own token dropping."""
+        last_attn = attn_positions = None
         for i, stage in enumerate(self.layers):
             want = need_weights and i == len(self.layers) - 1
+            if want:
+                attn_positions = positions
             x, positions, attn = stage[0](x, positions, want)
             if want:
                 last_attn = attn
-        return self.encoder_norm(x), positions, last_attn
+        return self.encoder_norm(x), positions, last_attn, attn_positions
 
 
 @dataclass
 class ViTOutput:
     tokens: torch.Tensor  # B x (1+k) x D, [Ret] first; k = kept patches
     positions: torch.Tensor  # B x k original patch index of each kept token
-    last_attn: torch.Tensor | None  # B x heads x (1+k) x (1+k) of the last block, when asked
+    last_attn: torch.Tensor | None  # B x heads x (1+m) x (1+m) of the last block, when asked
+    attn_positions: torch.Tensor | None = None  # B x m patch index of each row of last_attn (before its dropping)
 
 
 class VisionTransformer(nn.Module):
@@ -176,8 +181,8 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.cls.expand(b, -1, -1), x], dim=1) + self.pos_embedding
         x = self.dropout(x)
         positions = torch.arange(self.cfg.num_patches, device=x.device).expand(b, -1)
-        tokens, positions, attn = self.transformer(x, positions, need_weights)
-        return ViTOutput(tokens, positions, attn)
+        tokens, positions, attn, attn_positions = self.transformer(x, positions, need_weights)
+        return ViTOutput(tokens, positions, attn, attn_positions)
 
 
 def _init_weights(module: nn.Module) -> None:
