@@ -143,7 +143,8 @@ def test_independent_quadruplets_follow_the_release():
     assert min(distinct) >= 55, distinct  # P x K batches of 5 classes x 3 reuse about half of their 60 slots
     batch = {"sketch": torch.arange(30.0), "photo": torch.arange(30.0) + 100}
     anchor, negative, positive, other = independent_quadruplets(batch)
-    assert anchor.tolist() == list(range(15)) and other.tolist()[0] == 115
+    assert anchor.tolist() == list(range(15)) and negative.tolist()[0] == 15
+    assert positive.tolist()[0] == 100 and other.tolist()[0] == 115
 
 
 def test_the_release_batch_of_15_splits_over_any_worker_count_that_divides_it():
