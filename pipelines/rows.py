@@ -49,7 +49,6 @@ class RoleImages:
     photo_pairs: list[str]
 
 
-
 def collect(batches) -> RoleImages:
     """Gather decoded batches (an iterable of dicts from ``role_dataset``) into sorted query and gallery sets."""
     rows: dict[str, list] = {"sketch": [], "photo": []}

@@ -118,6 +118,18 @@ def test_fine_grained_batches_pair_sketches_with_their_photos(prepared):
 
 
 @pytest.mark.parametrize("cache_budget", [None, 0], ids=["cached", "decoded"])
+def test_independent_quadruplet_batches_stream_as_planned(prepared, cache_budget):
+    spec = BatchSpec(quadruplets=3)
+    ds = epoch_batches(prepared, spec, ImageTransform("zse", 64), 2, seed=3, epoch=0, cache_budget=cache_budget)
+    batches = list(iter_epoch(ds))
+    assert len(batches) == 2
+    for b in batches:
+        assert b["sketch"].shape == (6, 3, 64, 64) and b["photo"].shape == (6, 3, 64, 64)
+        sk, ph = b["sketch_label"].tolist(), b["photo_label"].tolist()
+        assert all(sk[i] == sk[3 + i] == ph[i] != ph[3 + i] for i in range(3))
+
+
+@pytest.mark.parametrize("cache_budget", [None, 0], ids=["cached", "decoded"])
 def test_epoch_shards_deal_batches_by_index(prepared, cache_budget):
     spec, transform, meta = BatchSpec(2, 2), ImageTransform("zse", 64), training_metadata(prepared)
     whole = {int(b["batch"]): b for b in iter_epoch(epoch_batches(prepared, spec, transform, 6, 1, 1, meta))}

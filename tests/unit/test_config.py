@@ -120,6 +120,8 @@ def test_clip_at_sharing_follows_granularity():
         ("clip_at_tuberlin30", "tuberlin30"),
         ("clip_at_quickdraw30", "quickdraw30"),
         ("clip_at_fg_sketchy", "fg_sketchy"),
+        ("zse_fg_sketchy", "fg_sketchy"),
+        ("clip_at_sketchy21_official", "sketchy21"),
         ("zse_cross_dataset", "cross_sketchy"),
         ("clip_at_cross_dataset", "cross_sketchy"),
         ("synthetic_zse", "synthetic"),
@@ -127,10 +129,13 @@ def test_clip_at_sharing_follows_granularity():
     ],
 )
 def test_every_setting_has_a_valid_preset(preset, setting):
+    from sbir.data.batches import batch_spec
+
     config = load_config(preset)
     assert config.setting == setting
     micro = config.train.batch_size // max(1, config.train.num_workers)
-    assert micro == config.train.classes_per_batch * config.train.items_per_class
+    spec = batch_spec(config.train, config.model.fine_grained)
+    assert spec.batch_size == (2 * micro if config.train.sampler == "quadruplets" else micro)
 
 
 def test_cross_dataset_presets_evaluate_on_tuberlin_and_quickdraw():
