@@ -14,25 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import ray
 
-from pipelines.prepare import DataSource, ensure_prepared, read_manifest, read_prepared
-from pipelines.rows import ROW_COLUMNS
+from pipelines.embed import EncodedRole, embed_role
+from pipelines.prepare import DataSource, ensure_prepared, read_manifest
 from sbir.checkpoint import load_checkpoint, read_checkpoint_meta
-from sbir.config import Config, EvalConfig, EvalTarget
+from sbir.config import Config, EvalTarget
 from sbir.data.classes import class_overlap
-from sbir.errors import DeviceError, SbirError
-from sbir.inference.encoder import Encoder, resolve_device
+from sbir.errors import SbirError
+from sbir.inference.encoder import resolve_device
 from sbir.inference.evaluate import Evaluation, evaluate_gallery
 from sbir.inference.gallery import Gallery, items_from_rows
-from sbir.inference.transforms import ImageTransform
-from sbir.methods import MethodFamily, family_of
-from sbir.models.encoding import Encoding
+from sbir.methods import family_of
 
 logger = logging.getLogger(__name__)
-
-ENCODING_PREFIX = "enc_"  # columns of encoded rows that hold the encoding's arrays
-META_COLUMNS = ("path", "class_id", "modality", "pair_id")
 
 
 @dataclass
@@ -42,97 +36,6 @@ class EvalResult:
     metrics: dict[str, dict[str, float]]
     report: Path
     report_json: Path
-
-
-@dataclass
-class EncodedRole:
-    """One role's queries and gallery photos, encoded, with their row metadata (sorted by path)."""
-
-    sketches: dict[str, np.ndarray]
-    photos: dict[str, np.ndarray]
-
-    def encoding(self, family: MethodFamily, modality: str) -> Encoding:
-        rows = self.sketches if modality == "sketch" else self.photos
-        arrays = {k.removeprefix(ENCODING_PREFIX): v for k, v in rows.items() if k.startswith(ENCODING_PREFIX)}
-        return family.encoding.from_arrays(arrays)
-
-
-class EmbedBatch:
-    """Ray Data UDF (actor): load the checkpoint once, then encode batches of encoded image bytes."""
-
-    def __init__(self, checkpoint: str, transform: ImageTransform, device: str, batch_size: int) -> None:
-        import torch
-
-        if device == "cpu":
-            torch.set_num_threads(1)  # actors share the node's cores
-        model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
-        self.encoder = Encoder(model, family_of(meta.config), transform, batch_size=batch_size)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {key: [] for key in META_COLUMNS}
-        encoded: dict[str, list[np.ndarray]] = {}
-        for modality in ("sketch", "photo"):
-            rows = [i for i, m in enumerate(batch["modality"]) if m == modality]
-            if not rows:
-                continue
-            encoding = self.encoder.encode_bytes([batch["image"][i] for i in rows], modality)
-            for name, value in encoding.to_arrays().items():
-                encoded.setdefault(ENCODING_PREFIX + name, []).append(value)
-            for key in out:
-                out[key] += [batch[key][i] for i in rows]
-        result = {key: np.asarray(values) for key, values in out.items()}
-        return result | {name: np.concatenate(parts) for name, parts in encoded.items()}
-
-
-def _gather(ds: ray.data.Dataset) -> EncodedRole:
-    """Concatenate the encoded rows per modality, sorted by path (a deterministic gallery order)."""
-    parts: dict[str, list[dict[str, np.ndarray]]] = {"sketch": [], "photo": []}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for modality in ("sketch", "photo"):
-            keep = batch["modality"] == modality
-            if keep.any():
-                parts[modality].append({k: v[keep] for k, v in batch.items()})
-    gathered = {}
-    for modality, chunks in parts.items():
-        if not chunks:
-            raise SbirError(f"the evaluation split has no {modality}es" if modality == "sketch" else "no photos")
-        joined = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        order = np.argsort(joined["path"], kind="stable")
-        gathered[modality] = {k: v[order] for k, v in joined.items()}
-    return EncodedRole(gathered["sketch"], gathered["photo"])
-
-
-def check_eval_resources(eval_cfg: EvalConfig) -> None:
-    """Fail at once, naming what is missing, when the encoder actors ask for GPUs the cluster lacks."""
-    if eval_cfg.gpus_per_worker > 0:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < eval_cfg.gpus_per_worker:
-            raise DeviceError(
-                f"eval.gpus_per_worker={eval_cfg.gpus_per_worker} but the Ray cluster has {gpus:g} GPU(s); "
-                "set eval.gpus_per_worker=0 to encode on CPUs"
-            )
-
-
-def embed_role(
-    checkpoint: Path, prepared: str, role: str, transform: ImageTransform, eval_cfg: EvalConfig
-) -> EncodedRole:
-    """Batch inference over the prepared shards of one role: an actor pool of encoders (from ``eval.*``)."""
-    from ray.data import ActorPoolStrategy
-    from ray.data.expressions import col
-
-    check_eval_resources(eval_cfg)
-    device = "cuda" if eval_cfg.gpus_per_worker > 0 else "cpu"
-    ds = read_prepared(prepared, columns=ROW_COLUMNS).filter(expr=col("role") == role)
-    ds = ds.map_batches(
-        EmbedBatch,
-        fn_constructor_args=(str(checkpoint), transform, device, eval_cfg.batch_size),
-        batch_size=eval_cfg.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=eval_cfg.num_workers),
-        num_cpus=eval_cfg.cpus_per_worker,
-        num_gpus=eval_cfg.gpus_per_worker,
-    )
-    return _gather(ds)
 
 
 def prepare_target(target: EvalTarget, run_dir: Path) -> str:

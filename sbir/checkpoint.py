@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from sbir.config import Config, ConfigError, build_config
+from sbir.config import RUNTIME_SECTIONS, Config, ConfigError, build_config
 from sbir.errors import SbirError
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def read_checkpoint_meta(directory: str | Path) -> CheckpointMeta:
 
 
 def _moved_keys_renamed(tree: dict[str, Any]) -> dict[str, Any]:
-    """The stored config with keys that have since moved put where the current schema expects them."""
+    """The stored config with keys that have since moved put where the current schema expects them, and
+    without its runtime sections: where and how a command runs never comes from a checkpoint."""
     tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
     for (old_section, old_key), (new_section, new_key) in _MOVED_KEYS.items():
         section = tree.get(old_section)
@@ -123,7 +124,7 @@ def _moved_keys_renamed(tree: dict[str, Any]) -> dict[str, Any]:
             value = section.pop(old_key)
             tree.setdefault(new_section, {}).setdefault(new_key, value)
             logger.debug("checkpoint config: %s.%s read as %s.%s", old_section, old_key, new_section, new_key)
-    return tree
+    return {k: v for k, v in tree.items() if k not in RUNTIME_SECTIONS}
 
 
 def check_checkpoint(directory: str | Path) -> CheckpointMeta:

@@ -444,11 +444,70 @@ class IndexConfig(_Strict):
     ef_search: int = Field(64, ge=1, description="hnsw: search beam width")
 
 
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling of one deployment (replaces a fixed ``num_replicas`` when given)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        return self
+
+
+class DeploymentConfig(_Strict):
+    """Replicas and resources of one Ray Serve deployment."""
+
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingConfig | None = Field(None, description="null = a fixed num_replicas")
+    max_ongoing_requests: int = Field(16, ge=1)
+    num_cpus: float = Field(0.25, ge=0, description="logical CPUs per replica (fractions share a core)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU)")
+
+    def serve_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Deployment.options`` (Ray Serve's own names)."""
+        options: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+        }
+        if self.autoscaling is None:
+            options["num_replicas"] = self.num_replicas
+        else:
+            options["autoscaling_config"] = self.autoscaling.model_dump()
+        return options
+
+
 class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
+    """The retrieval endpoint (`sbir serve`, docs/serving.md): what it serves, its deployments and limits."""
+
+    model: str | None = Field(None, description="checkpoint reference: path, run id, runs:/…, models:/name@alias")
+    gallery: str | None = Field(None, description="saved gallery folder (local, or s3:// read-only)")
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 only when it must be reachable")
     port: int = Field(8000, ge=1, le=65535)
-    replicas: int = Field(1, ge=1)
-    top_k: int = Field(20, ge=1)
+    api_key: str | None = Field(None, description="required on every endpoint but /healthz, /readyz; or SBIR_API_KEY")
+    top_k: int = Field(20, ge=1, description="default k of /v1/search")
+    max_k: int = Field(200, ge=1, description="largest k a request may ask for")
+    rerank_k: int = Field(50, ge=1, description="default re-ranking depth of rn_rerank")
+    max_batch_size: int = Field(16, ge=1, description="sketches the encoder encodes together (@serve.batch)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long the encoder waits to fill a batch")
+    reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")
+    max_upload_bytes: int = Field(10 * 1024**2, ge=1024, description="request bodies above this get 413")
+    max_image_pixels: int = Field(16_000_000, ge=1, description="decoded images above this get 413")
+    max_strokes: int = Field(500, ge=1)
+    max_points: int = Field(20_000, ge=1, description="points over all strokes of one sketch")
+    ingress: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.1))
+    encoder: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    index: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.1))
+    reranker: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+    @model_validator(mode="after")
+    def _check_k(self) -> ServeConfig:
+        if self.top_k > self.max_k:
+            raise ValueError(f"serve.top_k {self.top_k} is above serve.max_k {self.max_k}")
+        return self
 
 
 class Config(_Strict):
@@ -601,7 +660,7 @@ def with_absolute_paths(config: Config) -> Config:
 
 # Where and how a command runs: always the user's (command line, config file, environment), never a stored
 # checkpoint's, which is data and may come from anywhere (docs/config.md#evaluating-a-checkpoint).
-RUNTIME_SECTIONS = ("run", "tracking")
+RUNTIME_SECTIONS = ("run", "tracking", "serve")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -625,7 +684,7 @@ def config_for_checkpoint(
 
     The checkpoint's own config, with the user's file and overrides on top. The model section is the
     checkpoint's: a file or override that changes it is an error (it would not describe these weights).
-    The runtime sections (``run``, ``tracking``) come only from the user's file, overrides and defaults.
+    The runtime sections (``run``, ``tracking``, ``serve``) come only from the user's file, overrides and defaults.
     """
     tree = {k: v for k, v in stored.to_dict().items() if k not in RUNTIME_SECTIONS}
     config = build_config(_merge(tree, read_config_tree(source)), overrides)

@@ -6,10 +6,17 @@
 * ``references`` — checkpoint references (paths, run ids, ``runs:/``, ``models:/``) to local directories.
 """
 
-from pipelines.tracking.references import BadCheckpointReference, CheckpointNotFound, resolve_checkpoint
+from pipelines.tracking.references import (
+    BadCheckpointReference,
+    CheckpointNotFound,
+    ResolvedCheckpoint,
+    resolve_checkpoint,
+    resolve_reference,
+)
 from pipelines.tracking.registry import (
     CHAMPION_ALIAS,
     CHECKPOINT_ARTIFACT,
+    GALLERY_ARTIFACT,
     Registration,
     RegistryError,
     model_name,
@@ -22,17 +29,20 @@ __all__ = [
     "CHAMPION_ALIAS",
     "CHECKPOINT_ARTIFACT",
     "DEFAULT_DB",
+    "GALLERY_ARTIFACT",
     "MAX_PARAM_VAL_LENGTH",
     "TRUNCATION_MARKER",
     "BadCheckpointReference",
     "CheckpointNotFound",
     "Registration",
     "RegistryError",
+    "ResolvedCheckpoint",
     "Tracker",
     "TrackingError",
     "flatten_params",
     "model_name",
     "register_checkpoint",
     "resolve_checkpoint",
+    "resolve_reference",
     "resolve_tracking_uri",
 ]

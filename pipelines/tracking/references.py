@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -32,6 +33,18 @@ class BadCheckpointReference(CheckpointError, ValueError):
     """A checkpoint reference that is malformed."""
 
 
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """Where a reference led: the local checkpoint folder, and the MLflow run and model version behind it."""
+
+    reference: str
+    directory: Path
+    run_id: str | None = None  # the run whose artifact it is (None for a plain folder)
+    model_name: str | None = None  # for models:/ references
+    version: str | None = None
+    tracking_uri: str | None = None
+
+
 def resolve_checkpoint(
     ref: str, tracking_uri: str | None = None, dst: str | Path | None = None, runs_dir: str | Path = "runs"
 ) -> Path:
@@ -45,17 +58,24 @@ def resolve_checkpoint(
     * a bare 32-hex run id, meaning that run's ``checkpoint`` artifact.
 
     Artifacts are downloaded to ``dst``. If ``dst`` is not given, a local store's files are used in
-    place and anything else goes to a new temporary directory. If ``tracking_uri`` is not given,
-    ``MLFLOW_TRACKING_URI`` is used, else ``./runs/mlflow.db`` if that file exists. A reference that
-    does not resolve raises ValueError (malformed) or FileNotFoundError (not found). The message
-    names the reference and what was tried.
+    place and anything else goes to a new temporary directory. The store is ``tracking_uri``, else
+    ``MLFLOW_TRACKING_URI``, else ``<runs_dir>/mlflow.db`` if that file exists. A reference that does not
+    resolve raises BadCheckpointReference (malformed) or CheckpointNotFound; the message names the
+    reference and what was tried.
     """
+    return resolve_reference(ref, tracking_uri, dst, runs_dir).directory
+
+
+def resolve_reference(
+    ref: str, tracking_uri: str | None = None, dst: str | Path | None = None, runs_dir: str | Path = "runs"
+) -> ResolvedCheckpoint:
+    """:func:`resolve_checkpoint`, also saying which run and model version the checkpoint came from."""
     ref = str(ref).strip()
     local = Path(ref).expanduser()
     if local.exists():
         if not local.is_dir():
             raise CheckpointNotFound(f"checkpoint {ref!r}: {local} is a file; expected a checkpoint directory")
-        return _check_checkpoint_dir(local, ref, f"local directory {local}")
+        return ResolvedCheckpoint(ref, _check_checkpoint_dir(local, ref, f"local directory {local}"))
 
     if ref.startswith("models:/"):
         uri = _lookup_uri(ref, tracking_uri, runs_dir)
@@ -65,8 +85,12 @@ def resolve_checkpoint(
         tried = f"{ref} -> version {version.version}, source {source} (store {display(uri)})"
         if source.startswith("runs:/"):
             run_id, artifact = _parse_runs_uri(source, ref)
-            return _check_checkpoint_dir(_download_run_artifact(client, run_id, artifact, dst, ref, tried), ref, tried)
-        return _check_checkpoint_dir(_download_uri(source, dst, ref, tried), ref, tried)
+            directory = _download_run_artifact(client, run_id, artifact, dst, ref, tried)
+        else:
+            run_id, directory = version.run_id, _download_uri(source, dst, ref, tried)
+        return ResolvedCheckpoint(
+            ref, _check_checkpoint_dir(directory, ref, tried), run_id, version.name, str(version.version), uri
+        )
 
     if ref.startswith("runs:/"):
         run_id, artifact = _parse_runs_uri(ref, ref)
@@ -80,7 +104,8 @@ def resolve_checkpoint(
     uri = _lookup_uri(ref, tracking_uri, runs_dir)
     client = make_client(uri)
     tried = f"artifact {artifact!r} of run {run_id} (store {display(uri)})"
-    return _check_checkpoint_dir(_download_run_artifact(client, run_id, artifact, dst, ref, tried), ref, tried)
+    directory = _download_run_artifact(client, run_id, artifact, dst, ref, tried)
+    return ResolvedCheckpoint(ref, _check_checkpoint_dir(directory, ref, tried), run_id, tracking_uri=uri)
 
 
 def _lookup_uri(ref: str, tracking_uri: str | None, runs_dir: str | Path) -> str:

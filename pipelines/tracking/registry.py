@@ -26,6 +26,7 @@ from sbir.errors import SbirError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+GALLERY_ARTIFACT = "gallery"  # the saved gallery `sbir index build` logs beside a run's checkpoint
 CHAMPION_ALIAS = "champion"
 
 

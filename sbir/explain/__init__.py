@@ -8,12 +8,15 @@ and ``render``. See docs/explain.md.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sbir.explain.attention import default_top_k, render_attention_overlay, ret_attention_maps
 from sbir.explain.correspondence import (
@@ -33,6 +36,8 @@ __all__ = [
     "Explanation",
     "Synthesis",
     "explain_pair",
+    "explanation_images",
+    "render_explanation_pngs",
     "save_explanation",
 ]
 
@@ -117,27 +122,51 @@ def explain_pair(
     return expl
 
 
+def explanation_images(expl: Explanation, *, scale: int = 1, lines: int = 12) -> dict[str, Image.Image]:
+    """The four pictures of an explanation: attention overlays, correspondence lines, patch synthesis."""
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    p = expl.patch_size
+    return {
+        "sketch_attention": render_attention_overlay(
+            expl.sketch_image, expl.sketch_attention, p, expl.top_k, scale=scale
+        ),
+        "photo_attention": render_attention_overlay(expl.photo_image, expl.photo_attention, p, expl.top_k, scale=scale),
+        "correspondences": render_correspondences(
+            expl.sketch_image, expl.photo_image, expl.correspondence, p, lines=lines, scale=scale
+        ),
+        "synthesis": render_synthesis(expl.synthesis, scale=scale),
+    }
+
+
+def render_explanation_pngs(expl: Explanation, *, scale: int = 2, arrays: bool = False) -> dict[str, Any]:
+    """The explanation as PNG bytes by name (for the endpoint), with the relation score and, when asked,
+    the raw arrays as nested lists (attention maps, correspondence matrix and top cells, synthesis sources)."""
+    out: dict[str, Any] = {"score": expl.score, "png": {}}
+    for name, image in explanation_images(expl, scale=scale).items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out["png"][name] = buffer.getvalue()
+    if arrays:
+        corr = expl.correspondence
+        out["arrays"] = {
+            "sketch_attention": expl.sketch_attention.tolist(),
+            "photo_attention": expl.photo_attention.tolist(),
+            "correspondence": corr.matrix.tolist(),
+            "top_index": corr.top_index.tolist(),
+            "top_score": corr.top_score.tolist(),
+            "synthesis_source": expl.synthesis.source.tolist(),
+        }
+    return out
+
+
 def save_explanation(
     expl: Explanation, out_dir: str | Path, *, scale: int = 1, lines: int = 12, arrays: bool = False
 ) -> list[Path]:
     """Write the attention overlays, correspondence lines and synthesis as PNGs (and optionally an .npz)."""
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
     out = Path(out_dir)
-    p = expl.patch_size
-    images = {
-        "sketch_attention.png": render_attention_overlay(
-            expl.sketch_image, expl.sketch_attention, p, expl.top_k, scale=scale
-        ),
-        "photo_attention.png": render_attention_overlay(
-            expl.photo_image, expl.photo_attention, p, expl.top_k, scale=scale
-        ),
-        "correspondences.png": render_correspondences(
-            expl.sketch_image, expl.photo_image, expl.correspondence, p, lines=lines, scale=scale
-        ),
-        "synthesis.png": render_synthesis(expl.synthesis, scale=scale),
-    }
-    paths = [save_png(image, out / name) for name, image in images.items()]
+    images = explanation_images(expl, scale=scale, lines=lines)
+    paths = [save_png(image, out / f"{name}.png") for name, image in images.items()]
     if arrays:
         corr = expl.correspondence
         npz = out / "explanation.npz"

@@ -52,6 +52,7 @@ META_FILE = "gallery.json"
 ITEMS_FILE = "items.jsonl"
 ENCODING_FILE = "encoding.safetensors"
 INDEX_DIR = "index"
+IMAGES_DIR = "images"  # optional: the photos themselves, `<id>.<ext>`, for serving them back
 
 
 class GalleryError(SbirError, ValueError):
@@ -85,6 +86,21 @@ class Provenance:
     checkpoint: str  # the reference the gallery was built from (path, runs:/, models:/)
     checkpoint_sha256: str  # weights content hash (sbir.checkpoint.weights_sha256)
     model_config: dict[str, Any] = field(default_factory=dict)
+
+
+def merge_reranked(cand_ids: np.ndarray, cand_scores: np.ndarray, relation: np.ndarray, k: int) -> SearchResult:
+    """The ``rn_rerank`` ranking of ANN candidates: the first K (those with relation scores, Q x K) in
+    descending relation score, scoring ``RERANK_OFFSET + r``, then the rest in their ``ret`` order.
+
+    One function for the gallery and the serving re-rank stage, so both rank alike. Missing candidates
+    (id -1, relation NaN) go last.
+    """
+    kk = relation.shape[1]
+    head = np.where(cand_ids[:, :kk] >= 0, relation + RERANK_OFFSET, -np.inf).astype(np.float32)
+    merged = torch.from_numpy(np.concatenate([head, cand_scores[:, kk:].astype(np.float32)], axis=1))
+    order = stable_topk(merged, merged.shape[1]).numpy()
+    ids = np.take_along_axis(cand_ids, order, axis=1)[:, :k]
+    return SearchResult(ids=ids, scores=np.take_along_axis(merged.numpy(), order, axis=1)[:, :k])
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -332,17 +348,19 @@ class RelationGallery(Gallery):
             rows = stable_topk(scores, min(k, len(self)))
             return self._pack(rows, scores.gather(1, rows))
         depth = min(max(k, rerank_k) if mode == "rn_rerank" else k, len(self))
-        cand_scores_np, cand_ids = self._index_search(queries, depth)
+        cand_scores, cand_ids = self._index_search(queries, depth)
         if mode == "ret":
-            return SearchResult(ids=cand_ids[:, :k], scores=cand_scores_np[:, :k])
-        cand = torch.from_numpy(self.rows_of(cand_ids)).to(self.device)
-        cand_scores = torch.from_numpy(cand_scores_np).to(self.device)
-        kk = min(rerank_k, cand.shape[1])
-        rel = self._relate_candidates(queries, cand[:, :kk].clamp(min=0), pair_batch, "fp32")
-        rel = torch.where(cand[:, :kk] >= 0, rel + RERANK_OFFSET, torch.full_like(rel, -torch.inf))
-        merged = torch.cat([rel, cand_scores[:, kk:]], dim=1)
-        order = stable_topk(merged, merged.shape[1])
-        return self._pack(cand.gather(1, order)[:, :k], merged.gather(1, order)[:, :k])
+            return SearchResult(ids=cand_ids[:, :k], scores=cand_scores[:, :k])
+        kk = min(rerank_k, cand_ids.shape[1])
+        relation = self.relation_scores(queries, cand_ids[:, :kk], pair_batch)
+        return merge_reranked(cand_ids, cand_scores, relation, k)
+
+    @torch.no_grad()
+    def relation_scores(self, queries: Encoding, ids: np.ndarray, pair_batch: int = 1024) -> np.ndarray:
+        """Relation score r of each query with each of its candidate ids (Q x K; -1 ids score NaN)."""
+        rows = torch.from_numpy(self.rows_of(ids)).to(self.device)
+        scores = self._relate_candidates(self._queries(queries), rows.clamp(min=0), pair_batch, "fp32")
+        return torch.where(rows >= 0, scores, torch.full_like(scores, torch.nan)).float().cpu().numpy()
 
     def _pack(self, rows: torch.Tensor, scores: torch.Tensor) -> SearchResult:
         rows_np = rows.cpu().numpy()
@@ -437,3 +455,30 @@ def items_from_rows(rows: Mapping[str, np.ndarray], class_names: Mapping[int, st
         pair = str(pair_ids[i]) if pair_ids is not None and pair_ids[i] else None
         items.append(GalleryItem(i, str(path), names.get(cid), cid, pair))
     return items
+
+
+_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
+
+
+def image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes, from their magic number."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    for magic, suffix in _MAGIC:
+        if data.startswith(magic):
+            return suffix
+    raise GalleryError("not a PNG, JPEG, WebP, GIF or BMP image")
+
+
+def write_images(directory: str | Path, images: Mapping[int, bytes]) -> None:
+    """Store gallery photos as ``images/<id>.<ext>`` (names from the integer id only, never from a request)."""
+    folder = Path(directory) / IMAGES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for gallery_id, data in images.items():
+        (folder / f"{int(gallery_id)}{image_suffix(data)}").write_bytes(data)
+
+
+def find_image(directory: str | Path, gallery_id: int) -> Path | None:
+    """The stored photo of a gallery id, or None."""
+    matches = sorted((Path(directory) / IMAGES_DIR).glob(f"{int(gallery_id)}.*"))
+    return matches[0] if matches else None

@@ -46,6 +46,12 @@ class MethodFamily(ABC):
     encoding: ClassVar[type[Encoding]]  # what `encode` returns (and saved galleries hold)
     gallery: ClassVar[type[Gallery]]  # the gallery implementation that scores its encodings
     explains: ClassVar[bool] = False  # whether `explain` produces attention/correspondence/synthesis images
+    exhaustive_modes: ClassVar[tuple[str, ...]] = ()  # modes that score every gallery item (never served)
+
+    @property
+    def served_modes(self) -> tuple[str, ...]:
+        """The modes an endpoint answers: the indexed ones (an exhaustive mode scales with the gallery)."""
+        return tuple(m for m in self.modes if m not in self.exhaustive_modes)
 
     # ----------------------------------------------------------------- model
     @abstractmethod

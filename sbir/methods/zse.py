@@ -54,6 +54,7 @@ class ZSEFamily(MethodFamily):
     encoding = ZSEEncoding
     gallery = RelationGallery
     explains = True
+    exhaustive_modes = ("rn",)  # the relation head on every (sketch, photo) pair: an explicit request only
 
     def build_model(self, cfg: ModelConfig, class_names: Sequence[str] | None = None, load_pretrained: bool = True):
         from sbir.models.zse import ZSESBIR

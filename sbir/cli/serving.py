@@ -1,0 +1,143 @@
+"""`sbir index build`, `sbir serve` and `sbir query`: the gallery, the endpoint and a client of it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sbir.cli.common import ConfigOption, Overrides, config_from
+from sbir.errors import UsageError
+
+index_app = typer.Typer(
+    help="Build saved galleries (embeddings + FAISS index) for serving.", no_args_is_help=True, rich_markup_mode=None
+)
+
+
+@index_app.command("build")
+def index_build(
+    checkpoint: Annotated[str, typer.Option(help="checkpoint dir, MLflow run id, runs:/… or models:/name@alias")],
+    out: Annotated[str, typer.Option(help="gallery folder to write (local or s3://)")],
+    prepared: Annotated[str | None, typer.Option(help="prepared dataset whose photos form the gallery")] = None,
+    images: Annotated[Path | None, typer.Option(help="or: a plain folder of images (no classes)")] = None,
+    roles: Annotated[str, typer.Option(help="comma-separated prepared roles to include")] = "test",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a gallery already in --out")] = False,
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+) -> None:
+    """Encode gallery photos with Ray Data batch inference and save the gallery for `sbir serve`.
+
+    Batch size, actor count and CPUs/GPUs per actor are eval.batch_size, eval.num_workers,
+    eval.cpus_per_worker and eval.gpus_per_worker; the index kind and its parameters are index.*.
+    """
+    from pipelines import storage
+    from pipelines.prepare import read_manifest
+    from pipelines.ray_runtime import ensure_ray
+    from pipelines.tracking import resolve_reference
+    from sbir.checkpoint import check_checkpoint
+    from sbir.config import config_for_checkpoint
+
+    user = config_from(config, overrides)
+    resolved = resolve_reference(checkpoint, user.tracking.uri, runs_dir=user.run.dir)
+    meta = check_checkpoint(resolved.directory)
+    cfg = config_for_checkpoint(meta.config, config, overrides)
+    role_list = tuple(r.strip() for r in roles.split(",") if r.strip())
+    if images is not None and not images.is_dir():
+        raise UsageError(f"--images {images} is not a folder")
+    if prepared is not None:
+        read_manifest(prepared)  # a missing dataset fails before Ray starts
+    if not storage.is_s3(out) and (Path(out) / "gallery.json").exists() and not overwrite:
+        raise UsageError(f"{out} already holds a gallery; pass --overwrite to replace it, or another --out")
+    ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
+    from pipelines.index import build_gallery
+
+    build = build_gallery(resolved, out, cfg, prepared=prepared, roles=role_list, images=images, echo=typer.echo)
+    typer.echo(
+        f"gallery: {build.out} ({build.photos} photos, {build.kind} gallery, {build.index_kind} index, "
+        f"{build.images_per_second:.0f} images/s)"
+    )
+    if build.mlflow_run:
+        typer.echo(f"logged as artifact 'gallery' of MLflow run {build.mlflow_run}")
+
+
+def serve_command(
+    model: Annotated[str | None, typer.Option(help="checkpoint reference (default serve.model)")] = None,
+    gallery: Annotated[
+        str | None, typer.Option(help="saved gallery (default serve.gallery, else the model run's artifact)")
+    ] = None,
+    write_config: Annotated[
+        Path | None, typer.Option(help="write the Serve config YAML for serve run / serve deploy and exit")
+    ] = None,
+    working_dir: Annotated[
+        str | None, typer.Option(help="with --write-config: runtime_env.working_dir of the application")
+    ] = None,
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+) -> None:
+    """Serve a checkpoint and its gallery on Ray Serve until Ctrl-C (RAY_ADDRESS or a local cluster)."""
+    cfg = config_from(config, overrides)
+    args = {"config": config, "overrides": list(overrides or []), "model": model, "gallery": gallery}
+    if write_config is not None:
+        from serve.config_file import serve_config, write
+
+        path = write(serve_config(cfg, args, working_dir=working_dir), write_config)
+        typer.echo(f"wrote {path}")
+        return
+    if not (model or cfg.serve.model):
+        raise UsageError("name the model to serve: --model <path|run id|models:/name@alias> (or serve.model=…)")
+    from pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
+    from serve.launch import start_endpoint, stop_endpoint
+
+    typer.echo("starting the endpoint …")
+    endpoint = start_endpoint(cfg, args)
+    typer.echo(f"serving {endpoint.model_id} ({endpoint.method}) at {endpoint.url}  (Ctrl-C to stop)")
+    typer.echo(f"API: {endpoint.url}/docs   metrics: {endpoint.url}/metrics")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        typer.echo("stopping the endpoint")
+        stop_endpoint()
+
+
+def query(
+    sketch: Annotated[Path, typer.Argument(help="sketch image (PNG/JPEG/WebP) or QuickDraw strokes (.json/.ndjson)")],
+    url: Annotated[str, typer.Option(help="endpoint URL")] = "http://127.0.0.1:8000",
+    k: Annotated[int | None, typer.Option("-k", help="how many results")] = None,
+    mode: Annotated[str | None, typer.Option(help="ret or rn_rerank (ZSE-SBIR); default: the model's")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="SBIR_API_KEY", help="API key, if the endpoint needs one")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw answer")] = False,
+) -> None:
+    """Send one sketch to a running endpoint and print the top-k."""
+    from sbir.client import Client
+
+    if not sketch.is_file():
+        raise UsageError(f"{sketch} is not a file")
+    with Client(url, api_key) as client:
+        if sketch.suffix.lower() in (".json", ".ndjson"):
+            text = sketch.read_text().strip().splitlines()[0]
+            try:
+                strokes = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{sketch}: not QuickDraw JSON ({exc})") from None
+            response = client.search(strokes=strokes, k=k, mode=mode)
+        else:
+            response = client.search(sketch, k=k, mode=mode)
+    if as_json:
+        typer.echo(json.dumps([hit.__dict__ for hit in response.hits], indent=2))
+        return
+    typer.echo(f"{response.model_id}  mode {response.mode}  ({response.timings.get('total', 0) * 1000:.0f} ms)")
+    for hit in response.hits:
+        typer.echo(f"{hit.rank:>3}  id {hit.id:<8} score {hit.score:8.4f}  {hit.class_name or '-':<20} {hit.path}")
