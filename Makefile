@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean-venv
+.PHONY: demo serve test test-fast lint bench browser clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -15,7 +15,22 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/sbir demo
 
-test: $(STAMP)
+# Serve the ZSE-SBIR champion of `make demo` with the gallery the demo built for it, until Ctrl-C.
+serve: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/sbir serve --model models:/sbir-zse-synthetic@champion run.dir=demo_out/runs
+
+# The browser test drives Debian's chromium + chromium-driver; install them where we can (root, as in CI).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: chromium/chromedriver missing and not root: the browser test will be skipped (sudo apt-get install chromium chromium-driver)"; \
+	  fi; \
+	fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

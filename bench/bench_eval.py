@@ -54,6 +54,8 @@ class Row:
     load: float
     queries: int  # queries actually scored (fewer than all only for a capped `rn`)
     measured_s: float  # time of the scored queries (= seconds unless capped)
+    map_rn_queries: float = float("nan")  # mAP@all over the queries `rn` scored (all of them unless capped)
+    p100_rn_queries: float = float("nan")  # P@100 over the same queries
 
 
 def load1() -> float:
@@ -207,10 +209,11 @@ def main() -> None:
         chance[g] = chance_map(sketch_labels, labels)
         modes = [("ret", "ret", 0, 0)] + [(f"rn_rerank@{k}", "rn_rerank", k, n_q * min(k, g)) for k in rerank_ks]
         modes.append(("rn", "rn", 0, n_q * g))
+        rn_queries = np.arange(n_q)
+        if args.rn_max_pairs and n_q * g > args.rn_max_pairs:
+            rn_queries = np.sort(stratified_order(sketch_labels)[: max(1, args.rn_max_pairs // g)])
         for name, mode, k, pairs in modes:
-            queries = np.arange(n_q)
-            if mode == "rn" and args.rn_max_pairs and pairs > args.rn_max_pairs:
-                queries = stratified_order(sketch_labels)[: max(1, args.rn_max_pairs // g)]
+            queries = rn_queries if mode == "rn" else np.arange(n_q)
             before = load1()
             times = []
             for _ in range(1 if mode == "rn" else max(1, args.repeat)):
@@ -225,7 +228,16 @@ def main() -> None:
             metrics = compute_metrics(
                 scores.float().numpy(), sketch_labels[queries], labels, tie_break="random", tie_seed=0
             )
-            rows.append(Row(g, name, seconds, pairs, metrics["map_all_voc"], before, len(queries), measured))
+            subset = np.searchsorted(queries, rn_queries)  # rows of `rn`'s queries in this matrix
+            same = compute_metrics(
+                scores.float().numpy()[subset], sketch_labels[rn_queries], labels, tie_break="random", tie_seed=0
+            )
+            rows.append(
+                Row(
+                    g, name, seconds, pairs, metrics["map_all_voc"], before, len(queries), measured,
+                    same["map_all_voc"], same["p_100"],
+                )
+            )  # fmt: skip
             note = f" (extrapolated from {len(queries)} queries: {measured:.2f} s)" if len(queries) < n_q else ""
             print(
                 f"gallery {g:5d} {name:14s} {seconds:8.2f} s{note}  mAP@all {metrics['map_all_voc']:.4f}  "
@@ -236,6 +248,40 @@ def main() -> None:
         body = report_body(args, rows, rerank_ks, n_q, encode_s, n_encoded, loads, chance)
         write_section(args.write, SECTION, body)
         print(f"wrote the '{SECTION}' section of {args.write}")
+
+
+def rerank_study(rows: list[Row], rerank_ks, n_q: int) -> str:
+    """Per gallery: the smallest re-ranking depth K within 1% of `rn` (mAP@all and P@100), on `rn`'s queries."""
+    header = " | ".join(f"`rn_rerank@{k}`" for k in rerank_ks)
+    lines = [
+        "**Re-ranking depth.** `rn_rerank@K` against exhaustive `rn`, both over the queries `rn` scored; "
+        "each cell is mAP@all / P@100 (time; speed-up over `rn`):",
+        "",
+        f"| gallery photos | `ret` | {header} | `rn` | smallest K within 1% of `rn`: mAP@all, P@100 |",
+        "|---|" + "---:|" * (len(rerank_ks) + 3),
+    ]
+    for g in sorted({r.gallery for r in rows}):
+        by = {r.mode: r for r in rows if r.gallery == g}
+        if "rn" not in by:
+            continue
+        rn = by["rn"]
+        cells, chosen_map, chosen_p = [], None, None
+        for k in rerank_ks:
+            r = by[f"rn_rerank@{k}"]
+            speed = rn.seconds / r.seconds if r.seconds else float("nan")
+            cells.append(f"{r.map_rn_queries:.4f} / {r.p100_rn_queries:.4f} ({r.seconds:.1f} s; {speed:.0f}x)")
+            if chosen_map is None and r.map_rn_queries >= 0.99 * rn.map_rn_queries:
+                chosen_map = k
+            if chosen_p is None and r.p100_rn_queries >= 0.99 * rn.p100_rn_queries:
+                chosen_p = k
+        ret = by["ret"]
+        lines.append(
+            f"| {g:,} | {ret.map_rn_queries:.4f} / {ret.p100_rn_queries:.4f} | "
+            + " | ".join(cells)
+            + f" | {rn.map_rn_queries:.4f} / {rn.p100_rn_queries:.4f} ({rn.seconds:.0f} s) "
+            f"| {chosen_map or 'none'}, {chosen_p or 'none'} |"
+        )
+    return "\n".join(lines)
 
 
 def chance_map(query_labels: np.ndarray, gallery_labels: np.ndarray, seeds: int = 5) -> float:
@@ -284,6 +330,7 @@ def report_body(
         if args.data == "synthetic"
         else f"N(0, 1) random images with round-robin labels over {args.classes} classes"
     )
+    k_study = rerank_study(rows, rerank_ks, n_q)
     load_note = (
         f"The 1-minute load average was {min(loads):.1f}-{max(loads):.1f} during the runs; the benchmark itself keeps "
         f"{args.threads} threads busy, and a 1-minute average still carries the tail of whatever ran just before."
@@ -308,6 +355,8 @@ gallery; `rn_rerank@K` scores only each query's top K by `ret` (a fixed Q x K pa
 so its time is nearly flat. Time of `rn` over `rn_rerank@{k0}`: {ratios}. `rn_rerank` only reorders `ret`'s
 top {k0}, so same-class photos that `ret` ranks lower stay where `ret` put them; `rn` ranks the whole gallery by the
 relation head. Random scores give mAP@all {chance_line} (mean of 5 seeds).{cap_note}
+
+{k_study}
 
 {load_note}
 """

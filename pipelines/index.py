@@ -31,7 +31,6 @@ from sbir.methods import family_of
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class GalleryBuild:
     """What `sbir index build` wrote."""

@@ -490,7 +490,7 @@ class ServeConfig(_Strict):
     api_key: str | None = Field(None, description="required on every endpoint but /healthz, /readyz; or SBIR_API_KEY")
     top_k: int = Field(20, ge=1, description="default k of /v1/search")
     max_k: int = Field(200, ge=1, description="largest k a request may ask for")
-    rerank_k: int = Field(50, ge=1, description="default re-ranking depth of rn_rerank")
+    rerank_k: int = Field(200, ge=1, description="default re-ranking depth of rn_rerank (docs/serving.md#modes)")
     max_batch_size: int = Field(16, ge=1, description="sketches the encoder encodes together (@serve.batch)")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long the encoder waits to fill a batch")
     reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "SBIR_API_KEY"
 OPEN_PATHS = ("/healthz", "/readyz")  # probes answer without the key
 PUBLIC_DOCS = ("/docs", "/openapi.json", "/docs/oauth2-redirect")
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 IMAGE_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -268,6 +271,18 @@ class Ingress:
         self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
+    # ----------------------------------------------------------------- the drawing page (docs/serving.md#the-page)
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        """The drawing page; it holds no data, so it answers without the API key (and asks for it)."""
+        return Response((STATIC_DIR / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static_file(self, name: str) -> Response:
+        if name not in STATIC_FILES:  # a fixed list: no name from a request reaches the filesystem
+            return _error(404, f"no static file {name!r}")
+        return Response((STATIC_DIR / name).read_bytes(), media_type=STATIC_FILES[name])
+
     # ----------------------------------------------------------------- probes and info
     @api.get("/healthz", summary="alive (answers even while loading)")
     async def healthz(self) -> dict[str, str]:
@@ -349,32 +364,35 @@ class Ingress:
             family = get_family(model.method)
             fields, sketch, source, decode_s = await self._sketch_request(request)
             query = search_query(fields, sketch, source, self.limits, family.served_modes)
-            result = await self._search(model, query.sketch, query.k, query.mode or family.default_mode, query.rerank_k)
-            result["timings"]["decode"] = decode_s
+            mode = query.mode or family.default_mode
+            result = await self._search(model, query.sketch, query.k, mode, query.rerank_k, decode_s)
             result["input"] = query.source
             return JSONResponse(result)
 
         return await self._answer("search", request, handler)
 
-    async def _search(self, model: ServingModel, sketch: np.ndarray, k: int, mode: str, rerank_k: int) -> dict:
+    async def _search(
+        self, model: ServingModel, sketch: np.ndarray, k: int, mode: str, rerank_k: int, decode_s: float
+    ) -> dict:
+        """Encode, search the index, re-rank (rn_rerank); timings per stage, `total` including decoding."""
         started = time.perf_counter()
         encoded = await self._encode(model, sketch, "sketch")
         self.metrics.batch_size.observe(encoded.batch_size)
         family = get_family(model.method)
         embedding = family.encoding.from_arrays(encoded.arrays).retrieval_embeddings().numpy()
         depth = max(k, rerank_k) if mode == "rn_rerank" else k
-        ids, scores, search_s = await self.index.search.remote(model, embedding, depth)
-        timings = {"encode": encoded.seconds, "search": search_s, "rerank": 0.0}
+        hits = await self.index.search.remote(model, embedding, depth)
+        ids, scores, items = hits.ids, hits.scores, hits.items
+        timings = {"decode": decode_s, "encode": encoded.seconds, "search": hits.seconds, "rerank": 0.0}
         if mode == "rn_rerank" and len(ids):
             head = ids[: min(rerank_k, len(ids))]
             relation, timings["rerank"] = await self.reranker.rerank.remote(model, encoded.arrays, head)
             merged = merge_reranked(ids.reshape(1, -1), scores.reshape(1, -1), relation.reshape(1, -1), k)
             ids, scores = merged.ids[0], merged.scores[0]
         ids, scores = ids[:k], scores[:k]
-        items = {item.id: item for item in await self.index.describe.remote(model, ids.tolist())}
         found = [(items[int(i)], float(s)) for i, s in zip(ids, scores, strict=True) if int(i) in items]
         results = [self._result(rank, item, score) for rank, (item, score) in enumerate(found, 1)]
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = decode_s + time.perf_counter() - started
         for stage, seconds in timings.items():
             self.metrics.latency.labels(stage).observe(seconds)
         return {

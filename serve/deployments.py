@@ -98,6 +98,16 @@ class SketchEncoder:
         return out  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class SearchHits:
+    """The index's answer: candidate ids and ``ret`` scores, best first, with their items."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    items: dict[int, GalleryItem]
+    seconds: float
+
+
 @dataclass
 class IndexState:
     index: Any  # EmbeddingIndex
@@ -149,13 +159,17 @@ class GalleryIndex:
     async def load(self, model: ServingModel) -> int:
         return len(self._state(model).items)
 
-    async def search(
-        self, model: ServingModel, embedding: np.ndarray, depth: int
-    ) -> tuple[np.ndarray, np.ndarray, float]:
+    async def search(self, model: ServingModel, embedding: np.ndarray, depth: int) -> SearchHits:
+        """The `depth` best items by the retrieval embedding, with their items (one call, no second hop)."""
         started = time.perf_counter()
         state = self._state(model)
+        if not state.items:
+            return SearchHits(np.zeros(0, np.int64), np.zeros(0, np.float32), {}, time.perf_counter() - started)
         scores, ids = state.index.search(embedding.reshape(1, -1).astype(np.float32), min(depth, len(state.items)))
-        return ids[0], scores[0], time.perf_counter() - started
+        keep = ids[0] >= 0
+        ids, scores = ids[0][keep], scores[0][keep]
+        items = {int(i): state.items[int(i)] for i in ids if int(i) in state.items}
+        return SearchHits(ids, scores, items, time.perf_counter() - started)
 
     async def describe(self, model: ServingModel, ids: list[int]) -> list[GalleryItem]:
         state = self._state(model)

@@ -40,11 +40,27 @@ def start_endpoint(config: Config, args: dict[str, Any], timeout_s: float = READ
     serving = resolve_serving(settings.model, settings.gallery, settings.tracking_uri, settings.runs_dir)
     cfg = config.serve
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    host, port = _serving_address(cfg.host, cfg.port)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    url = f"http://{host}:{cfg.port}"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{host}:{port}"
     wait_ready(url, timeout_s)
     return Endpoint(url, serving.model_id, serving.method, settings.api_key)
+
+
+def _serving_address(host: str, port: int) -> tuple[str, int]:
+    """Where Serve listens: a cluster whose Serve already runs keeps its own HTTP options (Ray ignores ours)."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    if (http.host, http.port) != (host, port):
+        logger.warning(
+            "Ray Serve on this cluster already listens on %s:%d; serving there (serve.host/serve.port apply only "
+            "when Serve starts: `serve shutdown` first to change them)",
+            http.host,
+            http.port,
+        )
+    return http.host, http.port
 
 
 def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:

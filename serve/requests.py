@@ -69,10 +69,17 @@ def decode_image(data: bytes, limits: ServeConfig, what: str = "image") -> np.nd
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RequestError(413, f"the {what} is too large to decode safely ({exc})") from None
     except UnidentifiedImageError:
+        if _looks_like_an_image(data):
+            raise RequestError(400, f"the {what} cannot be decoded (truncated or corrupt)") from None
         raise RequestError(415, f"the {what} is not a PNG, JPEG or WebP image") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise RequestError(400, f"the {what} cannot be decoded ({exc})") from None
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _looks_like_an_image(data: bytes) -> bool:
+    """Whether bytes start like a PNG, JPEG or WebP file (so a decoding failure means damage, not a wrong type)."""
+    return data.startswith((b"\x89PNG", b"\xff\xd8")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 def decode_base64_image(text: Any, limits: ServeConfig, what: str = "image") -> np.ndarray:

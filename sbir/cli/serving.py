@@ -73,7 +73,8 @@ def serve_command(
         Path | None, typer.Option(help="write the Serve config YAML for serve run / serve deploy and exit")
     ] = None,
     working_dir: Annotated[
-        str | None, typer.Option(help="with --write-config: runtime_env.working_dir of the application")
+        str | None,
+        typer.Option(help="with --write-config: runtime_env.working_dir, a remote URI (e.g. s3://…/sbir.zip)"),
     ] = None,
     config: ConfigOption = None,
     overrides: Overrides = None,
@@ -84,7 +85,10 @@ def serve_command(
     if write_config is not None:
         from serve.config_file import serve_config, write
 
-        path = write(serve_config(cfg, args, working_dir=working_dir), write_config)
+        document = serve_config(
+            cfg, args, with_reranker=_reranks(model or cfg.serve.model, cfg), working_dir=working_dir
+        )
+        path = write(document, write_config)
         typer.echo(f"wrote {path}")
         return
     if not (model or cfg.serve.model):
@@ -108,6 +112,19 @@ def serve_command(
     finally:
         typer.echo("stopping the endpoint")
         stop_endpoint()
+
+
+def _reranks(model: str | None, cfg) -> bool:
+    """Whether the served model has a re-rank stage (ZSE-SBIR), read from its checkpoint: the file must list
+    exactly the deployments the application builds."""
+    if not model:
+        raise UsageError("--write-config needs the model (--model or serve.model): its method decides the deployments")
+    from pipelines.tracking import resolve_reference
+    from sbir.checkpoint import read_checkpoint_meta
+    from sbir.methods import family_of
+
+    resolved = resolve_reference(model, cfg.tracking.uri, runs_dir=cfg.run.dir)
+    return "rn_rerank" in family_of(read_checkpoint_meta(resolved.directory).config).served_modes
 
 
 def query(

@@ -8,6 +8,7 @@ finished score matrices come back to the CPU for the metrics.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from sbir.errors import SbirError
 from sbir.inference.gallery import Gallery
 from sbir.metrics import compute_metrics
 from sbir.models.encoding import Encoding
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,6 +101,16 @@ def evaluate_gallery(
     scores: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
     for mode in modes:
+        estimate = gallery.exhaustive_seconds(queries, mode)
+        if estimate is not None:
+            logger.info(
+                "scoring %s exhaustively: %d sketches x %d photos = %s pairs, estimated %.0f s",
+                mode,
+                len(queries),
+                len(gallery),
+                f"{len(queries) * len(gallery):,}",
+                estimate,
+            )
         started = time.perf_counter()
         matrix = (
             gallery.score_matrix(queries, mode, rerank_k=eval_cfg.rerank_k, precision=eval_cfg.eval_precision)

@@ -174,6 +174,10 @@ class Gallery:
     def _queries(self, queries: Encoding) -> Encoding:
         return queries.to(self.device)
 
+    def exhaustive_seconds(self, queries: Encoding, mode: str) -> float | None:
+        """For a mode that scores every (query, photo) pair, an estimate of its time; None for indexed modes."""
+        return None
+
     def _ret_scores(self, queries: Encoding) -> torch.Tensor:
         return self._queries(queries).retrieval_embeddings() @ self.embeddings.T
 
@@ -318,6 +322,23 @@ class RelationGallery(Gallery):
         out = ret.clone()
         out.scatter_(1, candidates, relation + RERANK_OFFSET)
         return out
+
+    @torch.no_grad()
+    def exhaustive_seconds(self, queries: Encoding, mode: str, probe_pairs: int = 64) -> float | None:
+        """Exhaustive ``rn`` time, extrapolated from timing the relation head on a few real pairs."""
+        if mode != "rn" or len(self) == 0 or len(queries) == 0:
+            return None
+        queries = self._queries(queries)
+        probe = torch.arange(min(probe_pairs, len(self)), device=self.device).unsqueeze(0)
+        self._relate_candidates(
+            queries.select(torch.zeros(1, dtype=torch.long, device=self.device)), probe[:, :2], 2, "fp32"
+        )
+        started = time.perf_counter()
+        self._relate_candidates(
+            queries.select(torch.zeros(1, dtype=torch.long, device=self.device)), probe, 1024, "fp32"
+        )
+        per_pair = (time.perf_counter() - started) / probe.shape[1]
+        return per_pair * len(queries) * len(self)
 
     def _relate_candidates(
         self, queries: Encoding, candidates: torch.Tensor, pair_batch: int, precision: str

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers import write_small_synthetic
+from tests.helpers import SMALL_VAL_FRACTION, write_small_synthetic
 
 
 def free_port() -> int:
@@ -40,7 +40,7 @@ def prepare_small(tmp: Path):
     from sbir.data.readers import read_split
 
     root = write_small_synthetic(tmp / "data")
-    split = read_split("synthetic", root, "zeroshot1")
+    split = read_split("synthetic", root, "zeroshot1", val_fraction=SMALL_VAL_FRACTION, val_seed=0)
     prepared = str(tmp / "prepared")
     prepare_dataset(split, prepared, source=f"synthetic:{root}")
     return root, split, prepared
@@ -75,3 +75,31 @@ def build_registered_gallery(served: Served, reference: str) -> str:
     out = served.runs_dir / f"gallery-{resolved.version or 'local'}"
     build_gallery(resolved, str(out), config, prepared=served.prepared, roles=("test",))
     return str(out)
+
+
+def build_local_gallery(checkpoint: Path, photos: list[Path], out: Path) -> Path:
+    """A saved gallery of these photos built in this process (no Ray), as `sbir index build` saves one."""
+    from sbir.checkpoint import weights_sha256
+    from sbir.config import IndexConfig
+    from sbir.inference.encoder import Encoder
+    from sbir.inference.gallery import GalleryItem, Provenance, write_images
+
+    encoder = Encoder.from_checkpoint(checkpoint, device="cpu")
+    data = [p.read_bytes() for p in photos]
+    encoding = encoder.encode_bytes(data, "photo")
+    items = [GalleryItem(i, str(p), p.parent.name) for i, p in enumerate(photos)]
+    gallery = encoder.family.gallery(encoder.model, encoding, items, IndexConfig())
+    gallery.save(out, Provenance(encoder.family.name, str(checkpoint), weights_sha256(checkpoint), {}))
+    write_images(out, dict(enumerate(data)))
+    return out
+
+
+def offline_ids(checkpoint: Path, gallery_dir: Path, sketch: Path) -> list[int]:
+    """The gallery ids in the order the offline `ret` score row of one sketch ranks them."""
+    from sbir.inference.encoder import Encoder
+    from sbir.inference.gallery import load_gallery, stable_topk
+
+    encoder = Encoder.from_checkpoint(checkpoint, device="cpu")
+    gallery = load_gallery(gallery_dir, encoder.model, encoder.family)
+    scores = gallery.score_matrix(encoder.encode_bytes([sketch.read_bytes()], "sketch"), "ret")
+    return gallery.ids[stable_topk(scores, scores.shape[1]).numpy()[0]].tolist()

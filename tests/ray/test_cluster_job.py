@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import SHORT_TRAINING, SMALL_VAL_FRACTION, write_small_synthetic
 
@@ -59,6 +60,7 @@ def _free_ports(count: int) -> list[int]:
 class Head:
     address: str  # the dashboard (job submission) address
     env: dict[str, str]
+    gcs: str  # the GCS address drivers connect to (`ray.init(address=...)`)
     temp_dir: Path
     log: Path
 
@@ -115,9 +117,11 @@ def _wait_for_jobs_api(address: str, proc: subprocess.Popen, log: Path) -> None:
         time.sleep(1)
 
 
-@pytest.fixture
-def ray_head(tmp_path) -> Iterator[Head]:
-    """A Ray head on loopback with its own short temp dir (unix socket paths are limited to ~107 bytes)."""
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory) -> Iterator[Head]:
+    """A Ray head on loopback with its own short temp dir (unix socket paths are limited to ~107 bytes),
+    shared by the tests of this module (each uses its own run names and Serve application)."""
+    tmp_path = tmp_path_factory.mktemp("ray-head")
     if not RAY.exists():
         pytest.skip(f"no ray CLI next to {sys.executable}")
     token = uuid.uuid4().hex
@@ -149,7 +153,7 @@ def ray_head(tmp_path) -> Iterator[Head]:
     with log.open("w") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
-    head = Head(address, env | {"RAY_ADDRESS": address}, temp_dir, log)
+    head = Head(address, env | {"RAY_ADDRESS": address}, f"127.0.0.1:{gcs_port}", temp_dir, log)
     try:
         _wait_for_jobs_api(head.address, proc, log)
         yield head
@@ -218,3 +222,76 @@ def test_sbir_train_runs_as_a_ray_job_on_a_ray_start_head(ray_head, tmp_path):
     assert run.info.status == "FINISHED" and run.info.run_name == run_name
     assert run.data.params["train.epochs"] == "2" and {"train_loss", "val_map_all_voc"} <= set(run.data.metrics)
     print(f"job {job_id} finished in {elapsed:.0f} s")
+
+
+def test_the_generated_serve_config_deploys_with_serve_deploy_on_a_ray_start_head(ray_head, tmp_path):
+    """The Serve config `sbir serve --write-config` writes is what `serve deploy` (and a RayService) runs;
+    `sbir serve` serves the same model on the same cluster. A CLIP-AT model: its application has no
+    re-rank deployment, and the written file must not list one."""
+    import torch
+
+    from sbir.checkpoint import save_checkpoint
+    from sbir.client import Client
+    from sbir.config import load_config
+    from sbir.methods import family_of
+    from tests.ray.serving import build_local_gallery, free_port, offline_ids
+
+    root = write_small_synthetic(tmp_path / "data")
+    config = load_config("synthetic_clip_at", [f"data.root={root}"])
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", family_of(config).build_model(config.model, False), config)
+    photos = sorted(p for p in root.rglob("*.jpg") if "photo" in p.parts)[:12]
+    gallery = build_local_gallery(checkpoint, photos, tmp_path / "gallery")
+    port = free_port()
+    yaml_path = tmp_path / "serve.yaml"
+    write = subprocess.run(
+        [str(BIN / "sbir"), "serve", "--write-config", str(yaml_path), "--model", str(checkpoint),
+         "--gallery", str(gallery), f"serve.port={port}", f"run.dir={tmp_path / 'runs'}"],
+        env=ray_head.env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert write.returncode == 0, write.stderr
+    deployments = [d["name"] for d in yaml.safe_load(yaml_path.read_text())["applications"][0]["deployments"]]
+    assert deployments == ["Ingress", "SketchEncoder", "GalleryIndex"]
+    serve_cli = str(BIN / "serve")
+    deploy = subprocess.run(
+        [serve_cli, "deploy", str(yaml_path), "--address", ray_head.address],
+        env=ray_head.env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        with Client(url) as client:
+            while not client.ready():
+                assert time.monotonic() < deadline, _ray(ray_head, "status").stdout
+                time.sleep(2)
+            info = client.info()
+            assert info["method"] == "clip_at" and info["gallery_size"] == len(photos) and info["modes"] == ["ret"]
+            answer = client.search(photos[0].read_bytes(), k=5)
+            assert len(answer.hits) == 5 and answer.mode == "ret"
+            assert answer.ids == offline_ids(checkpoint, gallery, photos[0])[:5]
+    finally:
+        subprocess.run(
+            [serve_cli, "shutdown", "-y", "--address", ray_head.address],
+            env=ray_head.env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    # `sbir serve` against the same cluster: prints the URL once ready, serves, and stops on Ctrl-C.
+    env = ray_head.env | {"RAY_ADDRESS": ray_head.gcs}
+    command = [str(BIN / "sbir"), "serve", "--model", str(checkpoint), "--gallery", str(gallery),
+               f"serve.port={port}", f"run.dir={tmp_path / 'runs'}"]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not any(line.startswith("serving ") for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(proc.stdout.readline())
+        assert f"at http://127.0.0.1:{port}" in lines[-1]
+        with Client(f"http://127.0.0.1:{port}") as client:
+            assert len(client.search(photos[1].read_bytes(), k=3).hits) == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopping the endpoint" in rest

@@ -76,6 +76,14 @@ def _post_sketch(url: str, data: bytes, key: str | None = None, **fields) -> htt
     )
 
 
+def _served_gallery(served: Served) -> Path:
+    """The gallery folder the endpoint serves for the current champion (its run's artifact, cached)."""
+    from pipelines.tracking import resolve_reference
+
+    run_id = resolve_reference(served.reference, served.tracking_uri).run_id
+    return served.runs_dir / "serve-cache" / run_id / "gallery"
+
+
 def _offline(served: Served, sketch_paths: list[Path], mode: str, rerank_k: int):
     """What `sbir eval` scores: the saved gallery's score matrix for these sketches, via the inference layer."""
     import torch
@@ -83,8 +91,8 @@ def _offline(served: Served, sketch_paths: list[Path], mode: str, rerank_k: int)
     from sbir.inference.encoder import Encoder
     from sbir.inference.gallery import load_gallery, stable_topk
 
-    gallery_dir = next((served.runs_dir / "serve-cache").glob("*/gallery"))
-    encoder = Encoder.from_checkpoint(served.checkpoints[0], device="cpu")
+    gallery_dir = _served_gallery(served)
+    encoder = Encoder.from_checkpoint(served.checkpoints[-1], device="cpu")
     gallery = load_gallery(gallery_dir, encoder.model, encoder.family)
     queries = encoder.encode_bytes([p.read_bytes() for p in sketch_paths], "sketch")
     scores = gallery.score_matrix(queries, mode, rerank_k=rerank_k)
@@ -312,6 +320,50 @@ def test_info_image_explain_and_openapi(served, endpoint):
     assert len(explained["arrays"]["correspondence"]) > 0
     schema = httpx.get(f"{url}/openapi.json", timeout=30).json()
     assert {"/v1/search", "/v1/gallery", "/v1/explain", "/v1/info", "/readyz"} <= set(schema["paths"])
+
+
+def test_sbir_query_prints_the_top_k_of_an_image_and_of_strokes(served, endpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from sbir.cli import app
+
+    sketch = _test_files(served, "sketch")[0]
+    result = CliRunner().invoke(app, ["query", str(sketch), "--url", endpoint["url"], "-k", "3", "--mode", "ret"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert "mode ret" in lines[0] and len(lines) == 4 and lines[1].split()[0] == "1"
+    strokes = tmp_path / "drawing.ndjson"
+    strokes.write_text(json.dumps({"word": "x", "drawing": [[[0, 50, 200], [0, 120, 40]]]}) + "\n")
+    result = CliRunner().invoke(app, ["query", str(strokes), "--url", endpoint["url"], "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)) == 2
+    result = CliRunner().invoke(app, ["query", str(sketch), "--url", endpoint["url"], "-k", "0"])
+    assert result.exit_code == 1 and "'k' must be between 1 and" in result.output
+
+
+def test_index_build_from_a_plain_folder_of_images(served, tmp_path):
+    from typer.testing import CliRunner
+
+    from sbir.cli import app
+    from sbir.inference.gallery import find_image, read_gallery_meta
+
+    folder = tmp_path / "my photos"
+    (folder / "holiday").mkdir(parents=True)
+    for i, photo in enumerate(_test_files(served, "photo")[:5]):
+        (folder / ("holiday" if i % 2 else "") / f"p{i}.jpg").write_bytes(photo.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "gallery"
+    args = ["index", "build", "--checkpoint", str(served.checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "5 photos" in result.output and "images/s" in result.output
+    meta = read_gallery_meta(out)
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert meta["count"] == 5 and meta["kind"] == "relation"
+    assert sorted(i["path"] for i in items) == ["holiday/p1.jpg", "holiday/p3.jpg", "p0.jpg", "p2.jpg", "p4.jpg"]
+    assert all(i["class_name"] is None for i in items) and find_image(out, items[0]["id"]) is not None
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def _all_ids(url: str, sketch: bytes, key: str | None = None) -> list[int]:

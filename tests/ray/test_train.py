@@ -65,7 +65,7 @@ def test_zse_trains_on_two_workers_evaluates_tracks_and_registers(synth_prepared
     model, meta = load_checkpoint(outcome.best_checkpoint)
     best_epoch = max(outcome.history, key=lambda h: (h["val_score"], h["epoch"]))["epoch"]
     assert meta.extra["epoch"] == best_epoch and len(meta.classes["unseen"]) == 3
-    assert set(outcome.test_metrics) == {"ret", "rn", "rn_rerank"}
+    assert set(outcome.test_metrics) == {"ret", "rn_rerank"}  # exhaustive rn only on request
     for metrics in outcome.test_metrics.values():
         assert 0.0 < metrics["map_all_voc"] <= 1.0 and metrics["n_queries"] == 3 * 6
     report = outcome.report
@@ -76,7 +76,7 @@ def test_zse_trains_on_two_workers_evaluates_tracks_and_registers(synth_prepared
     run = client.get_run(outcome.mlflow_run_id)
     assert run.data.params["train.epochs"] == "2" and run.data.tags["method"] == "zse"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
-    assert "test_rn_map_all_voc" in run.data.metrics
+    assert "test_rn_rerank_map_all_voc" in run.data.metrics
     assert outcome.registered == "models:/sbir-zse-synthetic/1"
     champion = resolve_checkpoint("models:/sbir-zse-synthetic@champion", outcome.tracking_uri)
     reloaded, _ = load_checkpoint(champion)
@@ -146,8 +146,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_without_repeating_epoc
     assert attempts == sorted(attempts)
 
 
-def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_path):
+def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_path, caplog):
     import json
+    import logging
 
     from typer.testing import CliRunner
 
@@ -161,13 +162,14 @@ def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_p
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(config.model), config, classes={"seen": seen})
     out = tmp_path / "report"
-    result = CliRunner().invoke(
-        app,
-        ["eval", "--checkpoint", str(checkpoint), "--prepared", str(synth_prepared / "prepared"), "--out", str(out)],
-    )
+    caplog.set_level(logging.INFO, logger="sbir.inference.evaluate")
+    args = ["eval", "--checkpoint", str(checkpoint), "--prepared", str(synth_prepared / "prepared"), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "eval.modes=[ret, rn, rn_rerank]"])  # rn: an explicit request
     assert result.exit_code == 0, result.output
     assert "zse/rn_rerank" in result.stdout and (out / "report.html").is_file()
     assert set(json.loads((out / "metrics.json").read_text())) == {"ret", "rn", "rn_rerank"}
+    estimates = [r.getMessage() for r in caplog.records if "scoring rn exhaustively" in r.getMessage()]
+    assert len(estimates) == 1 and "pairs, estimated" in estimates[0], estimates
 
     missing = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "nope" in missing.output
