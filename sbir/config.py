@@ -510,6 +510,36 @@ class ServeConfig(_Strict):
         return self
 
 
+class TuneConfig(_Strict):
+    """A hyperparameter sweep (`sbir tune`, docs/tuning.md): trials, the metric that ranks them, search and
+    early stopping, and each trial's Ray Train resources. Selection uses validation classes only."""
+
+    space: str | None = Field(None, description="built-in space name or YAML file (tune.space)")
+    num_samples: int = Field(8, ge=1, description="trials (per grid point with a grid space)")
+    max_concurrent_trials: int = Field(1, ge=1)
+    metric: str = Field("val_score", description="a validation metric the trials report every epoch")
+    mode: Literal["max", "min"] = "max"
+    search_alg: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["fifo", "asha"] = "asha"
+    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
+    reduction_factor: int = Field(2, ge=2, description="asha: keep 1 in reduction_factor at each rung")
+    max_t: int | None = Field(None, ge=1, description="asha: epochs of the longest trial; null = train.epochs")
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP) of each trial")
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    trial_retries: int = Field(1, ge=0, description="times a failed trial is retried with its config")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> TuneConfig:
+        if self.metric.startswith(("test_", "baseline_")):
+            raise ValueError(
+                f"tune.metric={self.metric!r} is measured on the unseen test classes; a sweep selects on validation "
+                "classes only (val_score, or another val_* metric)"
+            )
+        return self
+
+
 class Config(_Strict):
     """The root configuration."""
 
@@ -519,6 +549,7 @@ class Config(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -660,7 +691,7 @@ def with_absolute_paths(config: Config) -> Config:
 
 # Where and how a command runs: always the user's (command line, config file, environment), never a stored
 # checkpoint's, which is data and may come from anywhere (docs/config.md#evaluating-a-checkpoint).
-RUNTIME_SECTIONS = ("run", "tracking", "serve")
+RUNTIME_SECTIONS = ("run", "tracking", "serve", "tune")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
