@@ -28,6 +28,8 @@ class ClientError(SbirError):
 
 @dataclass(frozen=True)
 class Hit:
+    """One ranked gallery photo of a search answer."""
+
     rank: int
     id: int
     score: float
@@ -38,6 +40,8 @@ class Hit:
 
 @dataclass(frozen=True)
 class SearchResponse:
+    """A search answer: which model version answered, in which mode, the hits and the server's timings."""
+
     model_id: str
     mode: str
     hits: list[Hit]
