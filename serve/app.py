@@ -240,10 +240,6 @@ class Ingress:
             raise RequestError(503, f"not ready: {self.load_error or 'the model and gallery are loading'}")
         return self.model
 
-    @property
-    def family(self):
-        return get_family(self._serving().method)
-
     # ----------------------------------------------------------------- cross-cutting
     def _check_key(self, request: Request) -> None:
         key = self.settings.api_key

@@ -84,8 +84,8 @@ class Journal:
         """One above every id the gallery and its journal have ever held (ids are never reused)."""
         items_file = self.root / "items.jsonl"
         ids = [json.loads(line)["id"] for line in items_file.read_text().splitlines() if line]
-        for entry in self.entries():
-            ids += [item.id for item in entry.items]
+        for path in self.dir.glob("*.json"):  # the records only: the added encodings are not needed here
+            ids += [item["id"] for item in json.loads(path.read_text()).get("items", [])]
         return max(ids, default=-1) + 1
 
     def add(self, photos: list[tuple[str, str | None, bytes]], arrays: dict[str, np.ndarray]) -> list[GalleryItem]:

@@ -83,17 +83,8 @@ def _looks_like_an_image(data: bytes) -> bool:
 
 
 def decode_base64_image(text: Any, limits: ServeConfig, what: str = "image") -> np.ndarray:
-    if not isinstance(text, str):
-        raise RequestError(400, f"'{what}' must be a base64 string")
-    if text.startswith("data:") and "," in text:  # a data URL, as a canvas gives
-        text = text.split(",", 1)[1]
-    if len(text) * 3 // 4 > limits.max_upload_bytes:
-        raise RequestError(413, f"the {what} is larger than {limits.max_upload_bytes} bytes")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(400, f"'{what}' is not valid base64") from None
-    return decode_image(data, limits, what)
+    """A base64 (or data: URL) PNG/JPEG/WebP -> H x W x 3 uint8, with the checks of `decode_image`."""
+    return decode_image(base64_image_bytes(text, limits, what), limits, what)
 
 
 def rasterize_strokes(drawing: Any, limits: ServeConfig) -> np.ndarray:
@@ -195,10 +186,13 @@ def class_label(value: Any) -> str | None:
 
 
 def base64_image_bytes(text: Any, limits: ServeConfig, what: str) -> bytes:
-    """Base64 image bytes, checked to decode (the journal stores the bytes as sent)."""
-    decode_base64_image(text, limits, what)
+    """The bytes of a base64 string or a data: URL (as a canvas gives), refusing oversized or invalid ones."""
+    if not isinstance(text, str):
+        raise RequestError(400, f"'{what}' must be a base64 string")
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
+    if len(text) * 3 // 4 > limits.max_upload_bytes:
+        raise RequestError(413, f"the {what} is larger than {limits.max_upload_bytes} bytes")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
