@@ -37,8 +37,13 @@ class ClusterError(SbirError):
     """The Ray cluster cannot be reached, or lacks the resources a workload asks for."""
 
 
-def ensure_ray(address: str | None = None, num_cpus: float | None = None, timeout_s: float = 30.0) -> None:
+def ensure_ray(
+    address: str | None = None, num_cpus: float | None = None, timeout_s: float = 30.0, dashboard: bool = False
+) -> None:
     """Connect once per process: `address` or RAY_ADDRESS if set, else start a local cluster (`local_cpus()`).
+
+    A local cluster starts without the dashboard unless `dashboard` is set: Ray Tune driving Ray Train
+    needs it, or every trial leaks a placement group and the sweep stalls (docs/tuning.md#on-a-cluster).
 
     An address that does not answer within `timeout_s` is an error naming it (Ray itself would retry for
     minutes). A normal run shows the project's own progress and Ray's warnings; Ray's INFO chatter,
@@ -58,7 +63,12 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, timeou
         # Fractional-CPU data tasks start many worker processes at once; the raylet's default start-up
         # concurrency (the core count) makes it warn about every burst on a small machine.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(2 * local_cpus()))
-        ray.init(num_cpus=num_cpus or local_cpus(), include_dashboard=False, log_to_driver=verbose, logging_level=level)
+        ray.init(
+            num_cpus=num_cpus or local_cpus(),
+            include_dashboard=dashboard,
+            log_to_driver=verbose,
+            logging_level=level,
+        )
     configure_ray_data(verbose)
 
 

@@ -62,7 +62,8 @@ def default_run_name(config: Config) -> str:
     return f"{config.model.method}-{config.setting}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _storage_path(config: Config) -> str:
+def storage_path(config: Config) -> str:
+    """Where Ray Train keeps checkpoints: run.storage (local or s3://), else run.dir, absolute."""
     where = config.run.storage or config.run.dir
     return where if storage.is_s3(where) else str(Path(where).resolve())
 
@@ -91,9 +92,20 @@ def _epoch_datasets(config: Config, prepared: str, transform) -> dict[str, ray.d
 
 
 def build_trainer(
-    config: Config, prepared: str, manifest: PreparedManifest, run_name: str, tracking: RunTracking
+    config: Config,
+    prepared: str,
+    manifest: PreparedManifest,
+    run_name: str,
+    tracking: RunTracking,
+    *,
+    storage_dir: str | None = None,
+    callbacks: list[Any] | None = None,
+    gpus_per_worker: float = 1.0,
 ) -> TorchTrainer:
-    """The TorchTrainer: a dataset per epoch and worker, the validation rows, resources and backend from config."""
+    """The TorchTrainer: a dataset per epoch and worker, the validation rows, resources and backend from config.
+
+    A sweep trial passes its own storage folder, Tune's report callback and its GPU share per worker.
+    """
     train = config.train
     classes = manifest.classes
     transform = family_of(config).image_transform(config)
@@ -107,7 +119,7 @@ def build_trainer(
     datasets["val"] = role_dataset(prepared, val_roles or ("val",), transform)
 
     backend = train.backend if train.backend != "auto" else ("nccl" if train.use_gpu else "gloo")
-    resources = {"CPU": train.cpus_per_worker} | ({"GPU": 1} if train.use_gpu else {})
+    resources = {"CPU": train.cpus_per_worker} | ({"GPU": gpus_per_worker} if train.use_gpu else {})
     loop = LoopConfig(
         config, classes, val_roles, run_name, tracking.tracking_uri, tracking.mlflow_run_id, tracking.progress
     )
@@ -120,7 +132,8 @@ def build_trainer(
         torch_config=TorchConfig(backend=backend),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=_storage_path(config),
+            storage_path=storage_dir or storage_path(config),
+            callbacks=callbacks or None,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
             ),

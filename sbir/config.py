@@ -10,6 +10,7 @@ any single switch can still be overridden on its own.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -627,6 +628,17 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
     for item in overrides or []:
         path, value = parse_override(item)
         _set_path(tree, path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def with_values(config: Config, values: Mapping[str, Any]) -> Config:
+    """The config with dotted keys set to values (a sweep trial's hyperparameters), validated again."""
+    tree = config.to_dict()
+    for key, value in values.items():
+        _set_path(tree, key.split("."), value)
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

@@ -21,6 +21,7 @@ from sbir.cli.common import ConfigOption, Overrides, config_from
 from sbir.cli.data import data_app
 from sbir.cli.run import evaluate, train
 from sbir.cli.serving import index_app, query, serve_command
+from sbir.cli.tuning import tune_command
 from sbir.config import dump_config
 from sbir.errors import project_error
 
@@ -60,6 +61,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
 app.command("train")(train)
 app.command("eval")(evaluate)
+app.command("tune")(tune_command)
 app.add_typer(index_app, name="index")
 app.command("serve")(serve_command)
 app.command("query")(query)
