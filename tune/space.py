@@ -31,9 +31,11 @@ BUILTIN: dict[str, dict[str, dict[str, Any]]] = {
         "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
         "train.lr_backbone": {"loguniform": [1.0e-6, 1.0e-4]},
     },
-    # ZSE-SBIR's kernel relation head: how many RBF kernels, how wide, and the learning rate.
+    # ZSE-SBIR's kernel relation head: how many RBF kernels, how wide, and the learning rate. Trials are
+    # validated with the relation head re-ranking ([Ret] alone never reads the kernels, so it cannot rank them).
     "zse_kernels": {
         "model.zse.relation_head": {"choice": ["kernel"]},
+        "train.val_mode": {"choice": ["rn_rerank"]},
         "model.zse.kernel_count": {"randint": [5, 22]},
         "model.zse.kernel_sigma": {"loguniform": [0.02, 0.5]},
         "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},

@@ -183,16 +183,26 @@ def _new_sweep_config(source: str | None, overrides: list[str], space: str | Non
 
 
 def _resumed(source: str | None, overrides: list[str], name: str):
-    """The stored config and space of a sweep to resume (where it runs may be set again: run.*, tracking.*)."""
+    """The stored config and space of a sweep to resume; only where it runs (run.*, tracking.*) may change."""
     from pipelines.train import RunRecord
+    from sbir.config import parse_override, read_config_tree
 
     where = load_config(source, overrides)
     run = RunRecord(Path(where.run.dir).resolve() / name)
     run.check_start(name)
+    changes: dict[str, Any] = {}
+    for section in ("run", "tracking"):
+        changes |= {f"{section}.{k}": v for k, v in read_config_tree(source).get(section, {}).items()}
+    for item in overrides:
+        path, value = parse_override(item)
+        if path[0] not in ("run", "tracking"):
+            raise SweepError(
+                f"{item}: a resumed sweep keeps its config and space (Tune cannot change them midway); "
+                "only run.* and tracking.* may be set"
+            )
+        changes[".".join(path)] = value
     stored = load_config(run.dir / CONFIG_FILE)
-    runtime = {k: v for k, v in where.to_dict().items() if k in ("run", "tracking")}
-    config = with_values(stored, {f"{section}.{k}": v for section, keys in runtime.items() for k, v in keys.items()})
-    config = with_values(config, {"run.name": name})
+    config = with_values(stored, changes | {"run.name": name})
     dimensions = parse_space(yaml.safe_load((run.dir / SPACE_FILE).read_text()))
     return with_absolute_paths(config), dimensions, run
 
@@ -317,6 +327,10 @@ def _grid_points(dimensions: list[Dimension], search_alg: str) -> int:
 
 def _summaries(config: Config, dimensions: list[Dimension], results, interrupted: bool) -> list[TrialSummary]:
     """Each trial's searched values, per-epoch curve and why it stopped, read from Tune's results."""
+    from pipelines import storage
+    from pipelines.train import storage_path
+
+    on_s3 = storage.is_s3(storage_path(config))
     keys = [d.key for d in dimensions]
     full = min(config.tune.max_t or config.train.epochs, config.train.epochs)
     summaries = []
@@ -346,17 +360,21 @@ def _summaries(config: Config, dimensions: list[Dimension], results, interrupted
             reason,
             error=None if result.error is None else " ".join(str(result.error).split())[:500],
         )
-        summary.checkpoint = _checkpoint_path(rows, summary)
+        summary.checkpoint = _checkpoint_path(rows, on_s3)
         summaries.append(summary)
     return summaries
 
 
-def _checkpoint_path(rows: list[dict[str, Any]], summary: TrialSummary) -> str | None:
-    """The checkpoint Ray Train kept for the trial (the best val_score; reported with that epoch)."""
+def _checkpoint_path(rows: list[dict[str, Any]], on_s3: bool) -> str | None:
+    """The checkpoint Ray Train kept for the trial (the best val_score; reported with that epoch).
+
+    Ray reports a path inside its filesystem; on S3 that is ``bucket/key``, made an ``s3://`` URI here.
+    """
     validated = [r for r in rows if r.get("checkpoint_path") and float(r.get("val_score", -1)) >= 0]
     if not validated:
         return None
-    return str(max(validated, key=lambda r: (float(r["val_score"]), r.get("epoch", 0)))["checkpoint_path"])
+    path = str(max(validated, key=lambda r: (float(r["val_score"]), r.get("epoch", 0)))["checkpoint_path"])
+    return f"s3://{path}" if on_s3 and not path.startswith("s3://") else path
 
 
 def _close_child_runs(tracker, name: str, summaries: list[TrialSummary]) -> None:
@@ -435,7 +453,10 @@ def _best_trial(config: Config, best: TrialSummary, outcome: SweepOutcome, conte
     best_dir = run_dir / "best"
     if best_dir.exists():
         shutil.rmtree(best_dir)
-    ray.train.Checkpoint(best.checkpoint).to_directory(str(best_dir))
+    from pipelines import storage
+
+    filesystem, path = storage.resolve(best.checkpoint)  # an s3:// or local checkpoint of the trial's run
+    ray.train.Checkpoint(path, filesystem=filesystem).to_directory(str(best_dir))
     (best_dir / "train_state.pt").unlink(missing_ok=True)
     outcome.best_checkpoint = best_dir
     echo(f"[{name}] best trial {best.trial_id}: {best.metric} {best.score:.4f} (epoch {best.best_epoch}) -> {best_dir}")

@@ -79,11 +79,46 @@ def _child_run(context: TrialContext, config: Config, trial_id: str, trial_name:
     return Tracker.start(context.tracking_uri, context.experiment, trial_name, flatten_params(config.to_dict()), tags)
 
 
+def earlier_epochs(run_dir: str) -> list[dict[str, Any]]:
+    """The epochs a previous attempt of this trial's Ray Train run finished, as Tune would have seen them.
+
+    A retried or resumed trial restarts its function, but its Ray Train run (same name and storage)
+    resumes after its last checkpoint and reports only the epochs still to train. Replaying the earlier
+    epochs first keeps Tune's view whole: the scheduler sees every epoch in order and the sweep finds
+    each kept checkpoint (``checkpoint_path``) beside the epoch it belongs to.
+    """
+    import io
+
+    import pyarrow.fs as pafs
+    import torch
+
+    from pipelines import storage
+    from pipelines.train_loop import STATE_FILE
+    from sbir.checkpoint import META_FILE
+
+    fs, path = storage.resolve(run_dir)
+    found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    kept = sorted(i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    if not kept:
+        return []
+    with fs.open_input_file(storage.join(kept[-1], STATE_FILE)) as stream:
+        state = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
+    scheme = "s3://" if storage.is_s3(run_dir) else ""
+    at_epoch = {int(storage.read_json(fs, storage.join(k, META_FILE))["extra"]["epoch"]): scheme + k for k in kept}
+    rows = []
+    for row in state["history"]:
+        epoch = int(row["epoch"])
+        extra = {"checkpoint_path": at_epoch[epoch]} if epoch in at_epoch else {}
+        rows.append(dict(row) | {"epoch": epoch} | extra)
+    return rows
+
+
 def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     """Tune's function trainable: fit the trial's Ray Train run; Tune stops it when the scheduler says so."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from pipelines import storage
     from pipelines.ray_runtime import unwrap_ray_error
     from pipelines.train import RunTracking, build_trainer
 
@@ -91,11 +126,14 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
     config = trial_config(context.base, params)
     tracker = _child_run(context, config, trial_id, trial_name, params)
+    run_name = f"trial-{trial_id}"
+    for row in earlier_epochs(storage.join(context.trials_storage, run_name)):
+        ray.tune.report(row)
     trainer = build_trainer(
         config,
         context.prepared,
         context.manifest,
-        f"trial-{trial_id}",
+        run_name,
         RunTracking(tracker.tracking_uri, tracker.run_id),
         storage_dir=context.trials_storage,
         callbacks=[TuneReportCallback()],

@@ -1,0 +1,174 @@
+"""The sweep's pure parts: trial configs, search checks, trial classification, the report, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sbir.cli import app
+from sbir.config import ConfigError, load_config
+from sbir.reports.sweep import COMPLETED, FAILED, STOPPED, UNFINISHED, TrialSummary, rank, write_sweep_report
+from tests.helpers import one_line_error
+from tune.space import load_space, parse_space
+
+
+def _trial(trial_id: str, scores: list[float], mode: str = "max", reason: str = COMPLETED, **params):
+    curve = [{"epoch": i + 1, "val_score": s, "train_loss": 1.0 / (i + 1)} for i, s in enumerate(scores)]
+    return TrialSummary(trial_id, params or {"train.lr": 1e-4}, curve, "val_score", mode, reason)
+
+
+def test_a_trial_scores_its_best_validated_epoch_and_unvalidated_epochs_do_not_count():
+    trial = _trial("a", [-1.0, 0.3, 0.5, 0.4])
+    assert (trial.score, trial.best_epoch, trial.epochs) == (0.5, 3, 4)
+    assert _trial("b", [-1.0]).score is None
+    assert _trial("c", [0.3, 0.2], mode="min").score == 0.2
+
+
+def test_trials_rank_best_first_and_unscored_last():
+    trials = [_trial("low", [0.1]), _trial("none", [-1.0]), _trial("high", [0.2, 0.6]), _trial("mid", [0.4])]
+    assert [t.trial_id for t in rank(trials)] == ["high", "mid", "low", "none"]
+    losses = [_trial("x", [0.3], mode="min"), _trial("y", [0.1], mode="min")]
+    assert [t.trial_id for t in rank(losses)] == ["y", "x"]
+
+
+def test_the_report_ranks_trials_and_writes_a_best_config_sbir_train_accepts(tmp_path):
+    config = load_config("synthetic_zse", ["model.zse.kernel_count=9"])
+    trials = [
+        _trial("t1", [0.2, 0.25], **{"model.zse.kernel_count": 5, "train.lr": 1e-4}),
+        _trial("t2", [0.3], reason=STOPPED, **{"model.zse.kernel_count": 9, "train.lr": 3e-4}),
+        _trial("t3", [0.1, 0.5, 0.45], **{"model.zse.kernel_count": 13, "train.lr": 1e-5}),
+        _trial("t4", [], reason=FAILED, **{"model.zse.kernel_count": 7, "train.lr": 1e-3}),
+    ]
+    from sbir.config import dump_config
+
+    files = write_sweep_report(
+        trials, tmp_path / "report", title="Sweep x", notes=["a note"], best_config_yaml=dump_config(config)
+    )
+    markdown = files.markdown.read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("| ") and "trial" not in line]
+    assert [row.split(" | ")[1] for row in table] == ["t3", "t2", "t1", "t4"]
+    assert "| 1 | t3 | 0.5000 | 2 | 3 | completed | 13 | 1e-05 |" in markdown
+    assert "| - | t4 | - | - | 0 | failed | 7 | 0.001 |" in markdown
+    assert all(p.stat().st_size > 1000 for p in files.images)  # real PNGs, not empty files
+    assert "<td>t3</td>" in files.html.read_text()
+    assert load_config(str(files.best_config)) == config
+
+
+def test_a_trial_config_sets_the_searched_keys_validates_every_epoch_and_leaves_test_to_the_sweep():
+    from tune.trial import trial_config
+
+    base = load_config("synthetic_zse", ["train.val_every=3", "tune.workers_per_trial=2", "train.batch_size=24"])
+    config = trial_config(base, {"model.zse.kernel_count": 7, "train.lr": 3e-4})
+    assert (config.model.zse.kernel_count, config.train.lr) == (7, 3e-4)
+    assert (config.train.val_every, config.train.val_from_epoch, config.train.num_workers) == (1, 1, 2)
+    assert not config.train.eval_at_end and not config.tracking.register_model and not config.train.baseline
+    with pytest.raises(ConfigError, match="kernel_count"):
+        trial_config(base, {"model.zse.kernel_count": -1})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "space", "needle"),
+    [
+        (["tune.search_alg=grid"], {"train.lr": {"loguniform": [1e-5, 1e-3]}}, "train.lr are ranges"),
+        (["tune.search_alg=optuna"], {"train.lr": {"grid": [1e-5, 1e-3]}}, "cannot expand grid"),
+        (["tune.max_t=5", "train.epochs=3"], {"train.lr": {"choice": [1e-5]}}, "longer than train.epochs=3"),
+        (["tune.grace_period=4", "train.epochs=3"], {"train.lr": {"choice": [1e-5]}}, "grace_period=4"),
+        (["data.val_fraction=0"], {"train.lr": {"choice": [1e-5]}}, "needs validation classes"),
+        (["train.model_selection=unseen_test"], {"train.lr": {"choice": [1e-5]}}, "must be seen_val"),
+    ],
+)
+def test_search_settings_that_cannot_work_are_refused(overrides, space, needle):
+    from tune.sweep import SweepError, check_search
+
+    with pytest.raises(SweepError, match=needle):
+        check_search(parse_space(space), load_config("synthetic_zse", overrides))
+
+
+def test_the_grid_searcher_expands_choices_and_counts_its_points():
+    from tune.sweep import _grid_points, param_space
+
+    dims = parse_space({"model.zse.kernel_count": {"choice": [5, 9, 13]}, "train.lr": {"grid": [1e-5, 1e-4]}})
+    assert param_space(dims, "grid")["model.zse.kernel_count"] == {"grid_search": [5, 9, 13]}
+    assert (_grid_points(dims, "grid"), _grid_points(dims, "random")) == (6, 2)
+
+
+def _result(trial_id: str, epochs: int, error: Exception | None = None, checkpoints: bool = True):
+    rows = [
+        {"epoch": e, "val_score": 0.1 * e, "train_loss": 1.0, "trial_id": trial_id}
+        | ({"checkpoint_path": f"/store/{trial_id}/checkpoint_{e}"} if checkpoints else {})
+        for e in range(1, epochs + 1)
+    ]
+    return SimpleNamespace(
+        metrics_dataframe=pd.DataFrame(rows) if rows else None,
+        metrics=rows[-1] if rows else {},
+        error=error,
+        config={"train.lr": 1e-4, "model.zse.kernel_count": 5},
+        path=f"/store/tune/run_trial_{trial_id}",
+    )
+
+
+def test_trials_are_classified_completed_stopped_failed_or_unfinished():
+    from tune.sweep import _summaries
+
+    config = load_config("synthetic_zse", ["train.epochs=3"])
+    dims = load_space("zse_kernels")
+    results = [_result("full", 3), _result("cut", 1), _result("broken", 2, RuntimeError("boom\nline"))]
+    reasons = {s.trial_id: s.stop_reason for s in _summaries(config, dims, results, interrupted=False)}
+    assert reasons == {"full": COMPLETED, "cut": STOPPED, "broken": FAILED}
+    during = {s.trial_id: s.stop_reason for s in _summaries(config, dims, results, interrupted=True)}
+    assert during["cut"] == UNFINISHED
+    full = _summaries(config, dims, [_result("full", 3)], interrupted=False)[0]
+    assert full.checkpoint == "/store/full/checkpoint_3" and full.params["train.lr"] == 1e-4
+    assert set(full.params) == {d.key for d in dims}
+    fifo = load_config("synthetic_zse", ["train.epochs=3", "tune.scheduler=fifo"])
+    assert _summaries(fifo, dims, [_result("cut", 1)], interrupted=False)[0].stop_reason == UNFINISHED
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needles"),
+    [
+        (["--space", "nope"], 2, ["neither a built-in", "clip_at_prompts"]),
+        ([], 1, ["no search space", "--space"]),
+        (["--space", "zse_kernels", "train.nope=1"], 2, ["train.nope", "unknown key"]),
+        (["--space", "zse_kernels", "--resume", "x"], 2, ["--resume", "--space"]),
+        (["--resume", "never-ran"], 1, ["no run 'never-ran' to resume"]),
+    ],
+)
+def test_bad_sweep_commands_are_one_line_errors_before_ray_starts(tmp_path, no_ray, args, code, needles):
+    result = CliRunner().invoke(app, ["tune", "-c", "synthetic_zse", *args, f"run.dir={tmp_path}"])
+    one_line_error(result, code, *needles)
+
+
+def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path, no_ray):
+    space = tmp_path / "space.yaml"
+    space.write_text("model.zse.kernel_count: {randint: [5, 0]}\n")
+    result = CliRunner().invoke(app, ["tune", "-c", "synthetic_zse", "--space", str(space), f"run.dir={tmp_path}"])
+    one_line_error(result, 2, "model.zse.kernel_count", "low < high")
+
+
+def test_a_restarted_trial_replays_the_epochs_its_ray_train_run_already_finished(tmp_path):
+    """A resumed trial's Train run reports only the epochs left; Tune must still see the earlier ones."""
+    import torch
+
+    from sbir.checkpoint import META_FILE
+    from tune.sweep import _checkpoint_path
+    from tune.trial import earlier_epochs
+
+    assert earlier_epochs(str(tmp_path / "never-ran")) == []
+    run = tmp_path / "trial-abc"
+    history = [{"epoch": 1.0, "val_score": 0.4}, {"epoch": 2.0, "val_score": 0.6}, {"epoch": 3.0, "val_score": 0.5}]
+    for stamp, epoch in (("2026-01-01_10-00-02", 2), ("2026-01-01_10-00-03", 3)):  # the best and the latest
+        folder = run / f"checkpoint_{stamp}"
+        folder.mkdir(parents=True)
+        (folder / META_FILE).write_text(json.dumps({"extra": {"epoch": epoch}}))
+        torch.save({"history": history[:epoch]}, folder / "train_state.pt")
+    rows = earlier_epochs(str(run))
+    assert [r["epoch"] for r in rows] == [1.0, 2.0, 3.0]
+    assert "checkpoint_path" not in rows[0]
+    assert rows[1]["checkpoint_path"] == str(run / "checkpoint_2026-01-01_10-00-02")
+    assert _checkpoint_path(rows, on_s3=False) == rows[1]["checkpoint_path"], "the best validated epoch's"
+    assert _checkpoint_path([{"checkpoint_path": "bucket/k", "val_score": 0.1}], on_s3=True) == "s3://bucket/k"
