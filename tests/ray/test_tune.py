@@ -96,7 +96,7 @@ def test_an_asha_sweep_resumes_after_ctrl_c_ranks_on_validation_and_registers_it
         "-c", "synthetic_zse", "--space", "zse_kernels",
         f"data.root={data}", f"data.prepared={tmp_path / 'prepared'}", f"data.val_fraction={SMALL_VAL_FRACTION}",
         f"run.dir={runs}", f"run.name={name}", f"tracking.uri={mlflow_server}",
-        f"train.epochs={EPOCHS}", "train.steps_per_epoch=2", "train.batch_size=12", "train.items_per_class=3",
+        f"train.epochs={EPOCHS}", "train.steps_per_epoch=1", "train.batch_size=12", "train.items_per_class=3",
         "tune.num_samples=4", "tune.max_concurrent_trials=2", "tune.scheduler=asha", "tune.grace_period=1",
         "tune.reduction_factor=2", "tune.seed=3",
     ]  # fmt: skip
@@ -150,10 +150,10 @@ def test_an_asha_sweep_resumes_after_ctrl_c_ranks_on_validation_and_registers_it
     assert report["trials"][0]["trial_id"] == best_id
     assert (runs / name / "report" / "curves.png").stat().st_size > 1000
 
-    # The best config trains as it is.
+    # The best config trains with `sbir train -c` (one epoch and no test evaluation, to keep the test short).
     best_yaml = runs / name / "report" / "best.yaml"
     train = subprocess.run(
-        [str(BIN / "sbir"), "train", "-c", str(best_yaml)],
+        [str(BIN / "sbir"), "train", "-c", str(best_yaml), "train.epochs=1", "train.eval_at_end=false"],
         env=_env(), capture_output=True, text=True, timeout=SWEEP_TIMEOUT, check=False,
     )  # fmt: skip
     assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-4000:]
