@@ -639,10 +639,7 @@ def with_values(config: Config, values: Mapping[str, Any]) -> Config:
     tree = config.to_dict()
     for key, value in values.items():
         _set_path(tree, key.split("."), value)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+    return build_config(tree)
 
 
 def read_config_tree(source: str | Path | None) -> dict[str, Any]:

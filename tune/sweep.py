@@ -20,7 +20,7 @@ import yaml
 from ray.tune import Callback
 
 from sbir.config import Config, dump_config, load_config, with_absolute_paths, with_values
-from sbir.errors import ConfigError, SbirError
+from sbir.errors import SbirError
 from sbir.reports.sweep import COMPLETED, FAILED, STOPPED, UNFINISHED, TrialSummary, rank, write_sweep_report
 from tune.space import Dimension, check_space, load_space, parse_space
 from tune.trial import PARENT_TAG, SWEEP_TAG, TRIAL_TAG, TrialContext, run_trial
@@ -383,7 +383,7 @@ def _close_child_runs(tracker, name: str, summaries: list[TrialSummary]) -> None
     experiment = client.get_run(tracker.run_id).info.experiment_id
     children = client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.run_id}'")
     by_trial = {run.data.tags.get(TRIAL_TAG): run for run in children}
-    status = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED", UNFINISHED: "KILLED"}
+    status = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED"}  # unfinished ones stay open
     for summary in summaries:
         child = by_trial.get(summary.trial_id)
         if child is None:
@@ -493,7 +493,7 @@ def _checkpoint_val_score(best: TrialSummary) -> float:
     """The val_score of the epoch whose checkpoint was kept: what the champion rule compares."""
     scores = [row["val_score"] for row in best.curve if row.get("val_score", -1) >= 0]
     if not scores:
-        raise ConfigError(f"trial {best.trial_id} has no validated epoch to register")
+        raise SweepError(f"trial {best.trial_id} has no validated epoch to register")
     return max(scores)
 
 
