@@ -123,6 +123,9 @@ class SweepProgress(Callback):
         self.echo, self.name, self.total, self.metric, self.mode = echo, name, total, metric, mode
         self.done = 0
         self.best: dict[str, tuple[float, int]] = {}  # trial id -> (best score, its epoch)
+        self.retries: dict[
+            str, int
+        ] = {}  # trial id -> failed attempts Tune retried (earlier runs of a resumed sweep too)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         score, epoch = result.get(self.metric), int(result.get("epoch", 0))
@@ -144,6 +147,17 @@ class SweepProgress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.done += 1
         self.echo(f"[{self.name}] trial {self.done}/{self.total} {trial.trial_id} failed: {_short(trial.config)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        error = " ".join(str(trial.get_error() or "").split())[:300]
+        self.echo(
+            f"[{self.name}] trial {trial.trial_id} failed (attempt {trial.num_failures}); retrying it from its last "
+            f"checkpoint: {error}"
+        )
+
+    def on_experiment_end(self, trials, **info) -> None:
+        # Tune keeps each trial's failure count in its saved state, so a resumed sweep sees earlier retries too.
+        self.retries = {t.trial_id: t.num_failures for t in trials if t.num_failures}
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -235,9 +249,11 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
         f"{', '.join(d.key for d in dimensions)}; {tune.search_alg} search, {tune.scheduler} scheduler, "
         f"{tune.max_concurrent_trials} at a time"
     )
+    total = tune.num_samples * _grid_points(dimensions, tune.search_alg)
+    progress = SweepProgress(echo, name, total, tune.metric, tune.mode)
     try:
-        results = _fit(config, dimensions, context, root, resuming, echo)
-        outcome = _finish(config, dimensions, results, run, context, tracker, echo)
+        results = _fit(config, dimensions, context, root, resuming, progress)
+        outcome = _finish(config, dimensions, results, run, context, tracker, progress)
     except KeyboardInterrupt:
         run.set_status("INTERRUPTED")
         tracker.finish("KILLED")
@@ -274,7 +290,7 @@ def _parent_run(config: Config, dimensions: list[Dimension], run, tracking_uri: 
     return tracker
 
 
-def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, root: str, resuming: bool, echo):
+def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, root: str, resuming: bool, progress):
     from ray import tune as ray_tune
 
     # Tune's newer console output prints its tables whatever the verbosity; the classic one is silent at 0.
@@ -284,12 +300,11 @@ def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, roo
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, context=context), {"cpu": TRIAL_DRIVER_CPUS}
     )
-    total = tune.num_samples * _grid_points(dimensions, tune.search_alg)
     run_config = ray_tune.RunConfig(
         name=TUNE_DIR,
         storage_path=root,
         failure_config=ray_tune.FailureConfig(max_failures=tune.trial_retries),
-        callbacks=[SweepProgress(echo, context.sweep_name, total, tune.metric, tune.mode)],
+        callbacks=[progress],
         verbose=0,  # SweepProgress prints the lines a user needs
     )
     experiment = f"{root.rstrip('/')}/{TUNE_DIR}"
@@ -325,7 +340,9 @@ def _grid_points(dimensions: list[Dimension], search_alg: str) -> int:
     return points
 
 
-def _summaries(config: Config, dimensions: list[Dimension], results, interrupted: bool) -> list[TrialSummary]:
+def _summaries(
+    config: Config, dimensions: list[Dimension], results, interrupted: bool, retries: dict[str, int] | None = None
+) -> list[TrialSummary]:
     """Each trial's searched values, per-epoch curve and why it stopped, read from Tune's results."""
     from pipelines import storage
     from pipelines.train import storage_path
@@ -359,6 +376,7 @@ def _summaries(config: Config, dimensions: list[Dimension], results, interrupted
             config.tune.mode,
             reason,
             error=None if result.error is None else " ".join(str(result.error).split())[:500],
+            retries=(retries or {}).get(trial_id, 0),
         )
         summary.checkpoint = _checkpoint_path(rows, on_s3)
         summaries.append(summary)
@@ -392,18 +410,19 @@ def _close_child_runs(tracker, name: str, summaries: list[TrialSummary]) -> None
         if summary.stop_reason == UNFINISHED:
             continue  # it goes on when the sweep is resumed
         client.set_tag(child.info.run_id, "stop_reason", summary.stop_reason)
+        client.set_tag(child.info.run_id, "retries", str(summary.retries))
         if summary.error:
             client.set_tag(child.info.run_id, "error", summary.error)
         client.set_terminated(child.info.run_id, status[summary.stop_reason])
     logger.info("sweep %s: %d child runs closed", name, len(by_trial))
 
 
-def _finish(config: Config, dimensions: list[Dimension], results, run, context: TrialContext, tracker, echo):
-    name = run.dir.name
+def _finish(config: Config, dimensions: list[Dimension], results, run, context: TrialContext, tracker, progress):
+    name, echo = run.dir.name, progress.echo
     # Tune returns normally when Ctrl-C stops it; trials it did not end (or never started) mean interrupted.
     total = config.tune.num_samples * _grid_points(dimensions, config.tune.search_alg)
     interrupted = results.num_terminated + results.num_errors < total
-    summaries = _summaries(config, dimensions, results, interrupted)
+    summaries = _summaries(config, dimensions, results, interrupted, progress.retries)
     _close_child_runs(tracker, name, summaries)
     ranked = rank(summaries)
     outcome = SweepOutcome(

@@ -33,6 +33,7 @@ class TrialSummary:
     stop_reason: str  # COMPLETED, STOPPED, FAILED or UNFINISHED
     error: str | None = None
     checkpoint: str | None = None  # the trial's best checkpoint (Ray Train storage path)
+    retries: int = 0  # failed attempts that Tune retried (resuming from the trial's last checkpoint)
     mlflow_run_id: str | None = None
 
     @property
@@ -87,7 +88,7 @@ def trials_table(trials: list[TrialSummary]) -> list[list[str]]:
     """Header plus one row per trial (ranked), as strings."""
     keys = sorted({k for t in trials for k in t.params})
     metric = trials[0].metric if trials else "score"
-    header = ["rank", "trial", metric, "best epoch", "epochs", "stop", *keys]
+    header = ["rank", "trial", metric, "best epoch", "epochs", "stop", "retries", *keys]
     rows = [header]
     for i, trial in enumerate(rank(trials), start=1):
         score = trial.score
@@ -99,6 +100,7 @@ def trials_table(trials: list[TrialSummary]) -> list[list[str]]:
                 str(trial.best_epoch or "-"),
                 str(trial.epochs),
                 trial.stop_reason,
+                str(trial.retries),
                 *(_fmt(trial.params.get(k, "")) for k in keys),
             ]
         )

@@ -161,3 +161,87 @@ def test_an_asha_sweep_resumes_after_ctrl_c_ranks_on_validation_and_registers_it
     retrained = yaml.safe_load(best_yaml.read_text())
     assert str(retrained["model"]["zse"]["kernel_count"]) == best_params["model.zse.kernel_count"]
     assert "registered: models:/sbir-zse-synthetic/2" in train.stdout
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below `root` (the sbir process's own local Ray cluster lives there)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found += children.get(pid, [])
+        todo += children.get(pid, [])
+    return found
+
+
+def _train_workers(root: int) -> list[int]:
+    workers = []
+    for pid in _descendants(root):
+        try:
+            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+        except OSError:
+            continue
+    return workers
+
+
+def test_a_trial_whose_worker_dies_is_retried_from_its_checkpoint_and_the_sweep_goes_on(tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    data = write_small_synthetic(tmp_path / "data")
+    runs, name = tmp_path / "runs", "retry-test"
+    args = [
+        "-c", "synthetic_zse", "--space", "zse_kernels",
+        f"data.root={data}", f"data.prepared={tmp_path / 'prepared'}", f"data.val_fraction={SMALL_VAL_FRACTION}",
+        f"run.dir={runs}", f"run.name={name}", f"tracking.uri={mlflow_server}", "tracking.experiment=retry",
+        "tracking.register_model=false",
+        f"train.epochs={EPOCHS}", "train.steps_per_epoch=2", "train.batch_size=12", "train.items_per_class=3",
+        "train.max_failures=0",  # a lost worker fails the trial (not only its Ray Train run) ...
+        "tune.trial_retries=1",  # ... and Tune runs it again
+        "tune.num_samples=2", "tune.max_concurrent_trials=2", "tune.scheduler=fifo", "tune.seed=5",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [str(BIN / "sbir"), "tune", *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    killed = None
+    deadline = time.monotonic() + SWEEP_TIMEOUT
+    try:
+        # Kill a Ray Train worker, as a lost node would, once a trial has kept its first checkpoint.
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            if any((runs / name / "trials").glob("trial-*/checkpoint_*")):
+                workers = _train_workers(proc.pid)
+                if workers:
+                    killed = workers[0]
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.1)
+        output, _ = proc.communicate(timeout=SWEEP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, f"no Ray Train worker was found to kill\n{output[-5000:]}"
+    assert proc.returncode == 0, output[-5000:]
+    retried = [line for line in output.splitlines() if "retrying it from its last checkpoint" in line]
+    assert len(retried) == 1, output[-5000:]
+    trial = retried[0].split(" trial ")[1].split()[0]
+
+    report = {t["trial_id"]: t for t in json.loads((runs / name / "report" / "report.json").read_text())["trials"]}
+    assert {t["stop_reason"] for t in report.values()} == {"completed"}, "the sweep went on to finish both trials"
+    assert {k: t["retries"] for k, t in report.items()} == {k: int(k == trial) for k in report}
+
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(json.loads((runs / name / "run.json").read_text())["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    flaky = next(c for c in children if c.data.tags["sbir.trial_id"] == trial)
+    assert flaky.data.tags["retries"] == "1" and flaky.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(flaky.info.run_id, "val_score")]
+    assert sorted(set(steps)) == list(range(1, EPOCHS + 1)), f"the retry resumed, every epoch once: {steps}"
+    assert len(report[trial]["curve"]) == EPOCHS, "Tune saw every epoch of the retried trial once"

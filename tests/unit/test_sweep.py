@@ -11,7 +11,16 @@ from typer.testing import CliRunner
 
 from sbir.cli import app
 from sbir.config import ConfigError, load_config
-from sbir.reports.sweep import COMPLETED, FAILED, STOPPED, UNFINISHED, TrialSummary, rank, write_sweep_report
+from sbir.reports.sweep import (
+    COMPLETED,
+    FAILED,
+    STOPPED,
+    UNFINISHED,
+    TrialSummary,
+    rank,
+    trials_table,
+    write_sweep_report,
+)
 from tests.helpers import one_line_error
 from tune.space import load_space, parse_space
 
@@ -51,8 +60,8 @@ def test_the_report_ranks_trials_and_writes_a_best_config_sbir_train_accepts(tmp
     markdown = files.markdown.read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ") and "trial" not in line]
     assert [row.split(" | ")[1] for row in table] == ["t3", "t2", "t1", "t4"]
-    assert "| 1 | t3 | 0.5000 | 2 | 3 | completed | 13 | 1e-05 |" in markdown
-    assert "| - | t4 | - | - | 0 | failed | 7 | 0.001 |" in markdown
+    assert "| 1 | t3 | 0.5000 | 2 | 3 | completed | 0 | 13 | 1e-05 |" in markdown
+    assert "| - | t4 | - | - | 0 | failed | 0 | 7 | 0.001 |" in markdown
     assert all(p.stat().st_size > 1000 for p in files.images)  # real PNGs, not empty files
     assert "<td>t3</td>" in files.html.read_text()
     assert load_config(str(files.best_config)) == config
@@ -126,6 +135,28 @@ def test_trials_are_classified_completed_stopped_failed_or_unfinished():
     assert set(full.params) == {d.key for d in dims}
     fifo = load_config("synthetic_zse", ["train.epochs=3", "tune.scheduler=fifo"])
     assert _summaries(fifo, dims, [_result("cut", 1)], interrupted=False)[0].stop_reason == UNFINISHED
+
+
+def test_retried_trials_carry_their_failure_count_into_the_table_and_the_progress_lines():
+    from tune.sweep import SweepProgress, _summaries
+
+    lines: list[str] = []
+    progress = SweepProgress(lines.append, "s", 2, "val_score", "max")
+    flaky = SimpleNamespace(
+        trial_id="flaky", num_failures=1, config={"train.lr": 1e-4}, get_error=lambda: "worker\ndied"
+    )
+    progress.on_trial_recover(0, [], flaky)
+    assert lines == ["[s] trial flaky failed (attempt 1); retrying it from its last checkpoint: worker died"]
+    progress.on_experiment_end([flaky, SimpleNamespace(trial_id="steady", num_failures=0)])
+    assert progress.retries == {"flaky": 1}
+
+    config = load_config("synthetic_zse", ["train.epochs=3"])
+    results = [_result("flaky", 3), _result("steady", 3)]
+    summaries = _summaries(config, load_space("zse_kernels"), results, False, progress.retries)
+    assert {s.trial_id: s.retries for s in summaries} == {"flaky": 1, "steady": 0}
+    header, *rows = trials_table(summaries)
+    column = header.index("retries")
+    assert {row[1]: row[column] for row in rows} == {"flaky": "1", "steady": "0"}
 
 
 @pytest.mark.parametrize(
