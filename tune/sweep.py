@@ -353,7 +353,7 @@ def _summaries(
     summaries = []
     for result in results:
         frame = result.metrics_dataframe
-        rows = [] if frame is None else frame.to_dict("records")
+        rows = _one_row_per_epoch([] if frame is None else frame.to_dict("records"))
         curve = [
             {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
             for row in rows
@@ -381,6 +381,25 @@ def _summaries(
         summary.checkpoint = _checkpoint_path(rows, on_s3)
         summaries.append(summary)
     return summaries
+
+
+def _one_row_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tune's rows with each epoch once: a retried trial reports again the epochs its failed attempt reported.
+
+    The retry replays the epochs of its last checkpoint (``tune.trial.earlier_epochs``) and trains on
+    from there, so a later row for an epoch is the one that counts; it keeps what the earlier one had
+    (a checkpoint path) unless it has its own.
+    """
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        epoch = int(row.get("epoch", 0))
+        by_epoch[epoch] = by_epoch.pop(epoch, {}) | {k: v for k, v in row.items() if _present(v)}
+    return sorted(by_epoch.values(), key=lambda r: int(r.get("epoch", 0)))
+
+
+def _present(value: Any) -> bool:
+    """False for the empty cells (None, NaN) pandas gives a column a row did not report."""
+    return value is not None and not (isinstance(value, float) and value != value)
 
 
 def _checkpoint_path(rows: list[dict[str, Any]], on_s3: bool) -> str | None:

@@ -159,6 +159,28 @@ def test_retried_trials_carry_their_failure_count_into_the_table_and_the_progres
     assert {row[1]: row[column] for row in rows} == {"flaky": "1", "steady": "0"}
 
 
+def test_a_retried_trials_repeated_epochs_count_once_and_the_retry_has_the_last_word():
+    from tune.sweep import _summaries
+
+    # Attempt 1 reported epochs 1-2 (2 without a kept checkpoint) and died; the retry replayed epoch 1
+    # from its checkpoint, then trained epochs 2 and 3 again.
+    rows = [
+        {"epoch": 1, "val_score": 0.1, "checkpoint_path": "/store/t/checkpoint_1", "trial_id": "t"},
+        {"epoch": 2, "val_score": 0.9, "trial_id": "t"},
+        {"epoch": 1, "val_score": 0.1, "checkpoint_path": "/store/t/checkpoint_1", "trial_id": "t"},
+        {"epoch": 2, "val_score": 0.2, "checkpoint_path": "/store/t/checkpoint_2", "trial_id": "t"},
+        {"epoch": 3, "val_score": 0.15, "trial_id": "t"},
+    ]
+    result = SimpleNamespace(
+        metrics_dataframe=pd.DataFrame(rows), metrics=rows[-1], error=None, config={}, path="/store/tune/t"
+    )
+    config = load_config("synthetic_zse", ["train.epochs=3"])
+    (summary,) = _summaries(config, load_space("zse_kernels"), [result], interrupted=False)
+    assert [(row["epoch"], row["val_score"]) for row in summary.curve] == [(1, 0.1), (2, 0.2), (3, 0.15)]
+    assert summary.score == 0.2 and summary.checkpoint == "/store/t/checkpoint_2"
+    assert summary.stop_reason == COMPLETED
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needles"),
     [
