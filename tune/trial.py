@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 TRIAL_TAG = "sbir.trial_id"
 SWEEP_TAG = "sbir.sweep"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow shows runs with this tag nested under their parent
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's committed checkpoints
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,12 @@ def earlier_epochs(run_dir: str) -> list[dict[str, Any]]:
     A retried or resumed trial restarts its function, but its Ray Train run (same name and storage)
     resumes after its last checkpoint and reports only the epochs still to train. Replaying the earlier
     epochs first keeps Tune's view whole: the scheduler sees every epoch in order and the sweep finds
-    each kept checkpoint (``checkpoint_path``) beside the epoch it belongs to.
+    each kept checkpoint (``checkpoint_path``) beside the epoch it belongs to. The checkpoints are the
+    ones Ray Train's snapshot lists (the run resumes from its latest), never a folder a dying worker
+    left half written.
     """
     import io
 
-    import pyarrow.fs as pafs
     import torch
 
     from pipelines import storage
@@ -97,16 +99,23 @@ def earlier_epochs(run_dir: str) -> list[dict[str, Any]]:
     from sbir.checkpoint import META_FILE
 
     fs, path = storage.resolve(run_dir)
-    found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    kept = sorted(i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
-    if not kept:
+    snapshot = storage.join(path, RAY_TRAIN_SNAPSHOT)
+    if not storage.exists(fs, snapshot):
         return []
-    with fs.open_input_file(storage.join(kept[-1], STATE_FILE)) as stream:
-        state = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
+    state = storage.read_json(fs, snapshot)
+    latest = (state.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    if not latest:
+        return []
+    kept = [r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])]
+    with fs.open_input_file(storage.join(path, latest, STATE_FILE)) as stream:
+        history = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)["history"]
     scheme = "s3://" if storage.is_s3(run_dir) else ""
-    at_epoch = {int(storage.read_json(fs, storage.join(k, META_FILE))["extra"]["epoch"]): scheme + k for k in kept}
+    at_epoch = {
+        int(storage.read_json(fs, storage.join(path, k, META_FILE))["extra"]["epoch"]): scheme + storage.join(path, k)
+        for k in kept
+    }
     rows = []
-    for row in state["history"]:
+    for row in history:
         epoch = int(row["epoch"])
         extra = {"checkpoint_path": at_epoch[epoch]} if epoch in at_epoch else {}
         rows.append(dict(row) | {"epoch": epoch} | extra)

@@ -209,7 +209,7 @@ def test_a_restarted_trial_replays_the_epochs_its_ray_train_run_already_finished
 
     from sbir.checkpoint import META_FILE
     from tune.sweep import _checkpoint_path
-    from tune.trial import earlier_epochs
+    from tune.trial import RAY_TRAIN_SNAPSHOT, earlier_epochs
 
     assert earlier_epochs(str(tmp_path / "never-ran")) == []
     run = tmp_path / "trial-abc"
@@ -219,6 +219,11 @@ def test_a_restarted_trial_replays_the_epochs_its_ray_train_run_already_finished
         folder.mkdir(parents=True)
         (folder / META_FILE).write_text(json.dumps({"extra": {"epoch": epoch}}))
         torch.save({"history": history[:epoch]}, folder / "train_state.pt")
+    (run / "checkpoint_2026-01-01_10-00-04").mkdir()  # a worker died writing epoch 4: Ray never committed it
+    assert earlier_epochs(str(run)) == [], "no snapshot: Ray Train committed nothing, the run starts over"
+    kept = [{"checkpoint_dir_name": f"checkpoint_2026-01-01_10-00-0{i}", "metrics": {}} for i in (2, 3)]
+    snapshot = {"checkpoint_results": kept, "latest_checkpoint_result": kept[1]}
+    (run / RAY_TRAIN_SNAPSHOT).write_text(json.dumps(snapshot))
     rows = earlier_epochs(str(run))
     assert [r["epoch"] for r in rows] == [1.0, 2.0, 3.0]
     assert "checkpoint_path" not in rows[0]
