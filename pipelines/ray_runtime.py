@@ -63,13 +63,38 @@ def ensure_ray(
         # Fractional-CPU data tasks start many worker processes at once; the raylet's default start-up
         # concurrency (the core count) makes it warn about every burst on a small machine.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(2 * local_cpus()))
-        ray.init(
-            num_cpus=num_cpus or local_cpus(),
-            include_dashboard=dashboard,
-            log_to_driver=verbose,
-            logging_level=level,
-        )
+        try:
+            ray.init(
+                num_cpus=num_cpus or local_cpus(),
+                include_dashboard=dashboard,
+                log_to_driver=verbose,
+                logging_level=level,
+            )
+        except Exception as exc:
+            if "timed out during startup" not in str(exc):
+                raise
+            raise ClusterError(_local_start_failed()) from None
     configure_ray_data(verbose)
+
+
+RAY_AGENT_PORT = 52365  # every Ray node's dashboard agent listens here unless told otherwise
+
+
+def _local_start_failed() -> str:
+    """Why a local cluster may not start, and what to do: most often another Ray node on this machine."""
+    message = "the local Ray cluster did not start in time"
+    try:
+        with socket.create_connection(("127.0.0.1", RAY_AGENT_PORT), timeout=1.0):
+            another = True
+    except OSError:
+        another = False
+    if another:
+        return (
+            f"{message}: another Ray cluster is running on this machine (its agent holds port {RAY_AGENT_PORT}; "
+            "another sbir command, or `ray start`). Run the commands on one cluster: `ray start --head`, then "
+            "RAY_ADDRESS=auto (or run.ray_address) for each; or wait for the other command, or `ray stop`"
+        )
+    return f"{message}; the machine may be overloaded: retry, or start one with `ray start --head` and set RAY_ADDRESS"
 
 
 class _ReportedByTheCaller(logging.Filter):

@@ -195,6 +195,33 @@ def test_an_unreachable_ray_address_fails_in_bounded_time():
         check_reachable("nonsense", 1.0)
 
 
+def test_a_local_cluster_that_cannot_start_is_one_error_naming_the_other_cluster(monkeypatch):
+    """Ray's own start-up timeout (a traceback) becomes a ClusterError that says what to do."""
+    import socket
+
+    import ray
+
+    import pipelines.ray_runtime as runtime
+
+    def start_times_out(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", start_times_out)
+    with socket.socket() as other_agent:  # another node's dashboard agent on this machine
+        other_agent.bind(("127.0.0.1", 0))
+        other_agent.listen()
+        monkeypatch.setattr(runtime, "RAY_AGENT_PORT", other_agent.getsockname()[1])
+        with pytest.raises(runtime.ClusterError, match=r"another Ray cluster is running on this machine.*ray start"):
+            runtime.ensure_ray()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(runtime, "RAY_AGENT_PORT", probe.getsockname()[1])  # nothing listens there
+    with pytest.raises(runtime.ClusterError, match="may be overloaded"):
+        runtime.ensure_ray()
+
+
 def test_train_against_an_unreachable_cluster_names_it_and_stops(synth_root, tmp_path):
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
