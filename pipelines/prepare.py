@@ -195,6 +195,16 @@ def check_validation_classes(config: Config, val_classes: list[str]) -> None:
         )
 
 
+def prepared_already(split: DatasetSplit, out: str, on_bad_file: BadFilePolicy = "fail") -> PreparedManifest | None:
+    """The manifest under `out` when it was prepared from these very inputs (no Ray needed to tell), else None."""
+    fs, base = storage.resolve(out)
+    if not storage.exists(fs, storage.join(base, MANIFEST)):
+        return None
+    existing = read_manifest(out)
+    same_inputs = existing.fingerprint == fingerprint(split) + f"-{on_bad_file}"
+    return existing if same_inputs and storage.exists(fs, storage.join(base, existing.data_dir)) else None
+
+
 def prepare_dataset(
     split: DatasetSplit,
     out: str,
@@ -208,15 +218,14 @@ def prepare_dataset(
         raise ValueError(f"on_bad_file must be 'fail' or 'skip', got {on_bad_file!r}")
     if not split.records:
         raise SbirError(f"split {split.split!r} of {split.root} has no records to prepare")
+    existing = prepared_already(split, out, on_bad_file)
+    if existing is not None:
+        logger.info("%s is already prepared from the same inputs; nothing to do", out)
+        return existing
+
     fs, base = storage.resolve(out)
     manifest_path = storage.join(base, MANIFEST)
     digest = fingerprint(split) + f"-{on_bad_file}"
-    if storage.exists(fs, manifest_path):
-        existing = read_manifest(out)
-        if existing.fingerprint == digest and storage.exists(fs, storage.join(base, existing.data_dir)):
-            logger.info("%s is already prepared from the same inputs; nothing to do", out)
-            return existing
-
     started = time.perf_counter()
     blocks = max(1, min(64, len(split.records) // 256))
     ds = ray.data.from_items(_rows(split), override_num_blocks=blocks)

@@ -101,11 +101,12 @@ def prepare(
     dataset = read_split(layout, root, split, val_fraction=val_fraction, val_seed=val_seed, pairs_file=pairs)
 
     from pipelines import storage
-    from pipelines.prepare import prepare_dataset
+    from pipelines.prepare import prepare_dataset, prepared_already
     from pipelines.ray_runtime import ensure_ray
 
     storage.check_writable(out)  # an unreachable endpoint or a missing bucket fails before any image is read
-    ensure_ray(address)
+    if prepared_already(dataset, out, on_bad_file) is None:  # type: ignore[arg-type]
+        ensure_ray(address)  # (an up-to-date output needs no cluster: prepare_dataset returns it as it is)
     manifest = prepare_dataset(
         dataset, out, on_bad_file=on_bad_file, rows_per_file=rows_per_file, source=f"{layout}:{root}"
     )  # type: ignore[arg-type]

@@ -56,7 +56,10 @@ def test_a_normal_run_shows_the_projects_lines_and_keeps_rays_internals_out(synt
     for internal in ("core_worker", "streaming_executor", "Started a local Ray instance", "worker processes"):
         assert internal not in first.stderr, (internal, first.stderr)
     assert not (out / "data-0123456789ab-deadbeef").exists(), "orphan shards are cleaned up"
-    again = _sbir("data", "prepare", *where)
-    assert "already prepared from the same inputs; nothing to do" in again.stderr
-    verbose = _sbir("-v", "data", "prepare", *where)
-    assert verbose.returncode == 0 and "ray" in verbose.stderr.lower() and len(verbose.stderr) > len(again.stderr)
+    again = _sbir("-v", "data", "prepare", *where)
+    assert again.returncode == 0 and "already prepared from the same inputs; nothing to do" in again.stderr
+    assert "ray" not in again.stderr.lower(), "an up-to-date output starts no Ray cluster"
+    fresh = [*where[:-1], str(tmp_path / "fresh")]
+    verbose = _sbir("-v", "data", "prepare", *fresh)
+    assert verbose.returncode == 0 and "ray" in verbose.stderr.lower(), "-v shows Ray's own lines"
+    assert len(verbose.stderr) > len(first.stderr)
