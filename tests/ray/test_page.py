@@ -1,8 +1,8 @@
 """The drawing page in a real browser: headless Chromium (Debian's chromium + chromium-driver) via Selenium.
 
-The endpoint serves a briefly trained ZSE-SBIR model and its gallery on loopback. The test draws with real
-pointer events, searches, compares the grid with what /v1/search answers for the same strokes, opens an
-explanation, checks the console, and saves screenshots to build/test-artifacts/page/. `make test`
+The endpoint serves the session's registered ZSE-SBIR model (`served`) and its gallery on loopback. The
+test draws with real pointer events, searches, compares the grid with what /v1/search answers for the
+same strokes, opens an explanation, checks the console, and saves screenshots to build/test-artifacts/page/. `make test`
 installs the browser when it runs as root (as CI does); elsewhere the test is skipped with the command
 that installs it, except as root or under CI, where a missing browser is a failure.
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import SHORT_TRAINING, SMALL_VAL_FRACTION
-from tests.ray.serving import free_port, prepare_small
+from tests.ray.serving import Served, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "page"
 INSTALL = "apt-get install chromium chromium-driver"
@@ -35,41 +34,15 @@ def _browser_paths() -> tuple[str, str]:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def trained(ray_cluster, tmp_path_factory):
-    """A ZSE-SBIR model trained for a few steps, registered as champion, with its unseen-class gallery."""
-    from pipelines.index import build_gallery
-    from pipelines.tracking import resolve_reference
-    from pipelines.train import run_training
-    from sbir.config import load_config
-
-    tmp = tmp_path_factory.mktemp("page")
-    root, _, prepared = prepare_small(tmp)
-    runs = tmp / "runs"
-    overrides = [
-        f"data.root={root}",
-        f"data.prepared={prepared}",
-        f"data.val_fraction={SMALL_VAL_FRACTION}",
-        f"run.dir={runs}",
-        "run.name=page-test",
-        "train.eval_at_end=false",
-        *SHORT_TRAINING,
-    ]
-    outcome = run_training(load_config("synthetic_zse", overrides))
-    reference = f"models:/{outcome.registered.split('/')[1]}@champion"
-    resolved = resolve_reference(reference, outcome.tracking_uri)
-    build_gallery(resolved, str(tmp / "gallery"), load_config("synthetic_zse", overrides), prepared=prepared)
-    return {"reference": reference, "tracking": outcome.tracking_uri, "runs": runs, "gallery": str(tmp / "gallery")}
-
-
-def _start(trained, port: int, *extra: str) -> str:
+def _start(served: Served, port: int, *extra: str) -> str:
+    """The endpoint of the session's registered model and its registered gallery."""
     from sbir.config import load_config
     from serve.launch import start_endpoint
 
-    overrides = [f"serve.port={port}", f"run.dir={trained['runs']}", *extra]
-    args = {"config": "synthetic_zse", "model": trained["reference"], "gallery": trained["gallery"],
-            "tracking_uri": trained["tracking"], "overrides": overrides}  # fmt: skip
-    return start_endpoint(load_config("synthetic_zse", overrides), args).url
+    overrides = [f"serve.port={port}", f"run.dir={served.runs_dir}", *extra]
+    args = {"config": served.preset, "model": served.reference, "tracking_uri": served.tracking_uri,
+            "overrides": overrides}  # fmt: skip
+    return start_endpoint(load_config(served.preset, overrides), args).url
 
 
 @pytest.fixture
@@ -132,18 +105,18 @@ def _severe_console_entries(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def test_draw_search_explain_in_a_real_browser(trained, browser):
+def test_draw_search_explain_in_a_real_browser(served, browser):
     from selenium.webdriver.common.by import By
 
     from serve.launch import stop_endpoint
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    url = _start(trained, free_port())
+    url = _start(served, free_port())
     try:
         browser.get(f"{url}/")
         _wait(browser, "window.sbir && window.sbir.ready")
         header = browser.find_element(By.ID, "model-info").text
-        assert trained["reference"] in header and "ZSE-SBIR" in header and "photos" in header
+        assert served.reference in header and "ZSE-SBIR" in header and "photos" in header
         browser.save_screenshot(str(ARTIFACTS / "before-search.png"))
 
         _draw_a_house(browser)
@@ -171,13 +144,13 @@ def test_draw_search_explain_in_a_real_browser(trained, browser):
         stop_endpoint()
 
 
-def test_the_page_asks_for_the_api_key_and_searches_with_it(trained, browser):
+def test_the_page_asks_for_the_api_key_and_searches_with_it(served, browser):
     from selenium.webdriver.common.by import By
 
     from serve.launch import stop_endpoint
 
     key = "page-secret"
-    url = _start(trained, free_port(), f"serve.api_key={key}")
+    url = _start(served, free_port(), f"serve.api_key={key}")
     try:
         browser.get(f"{url}/")
         _wait(browser, "!document.getElementById('key-form').hidden")

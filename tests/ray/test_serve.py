@@ -1,7 +1,7 @@
 """The retrieval endpoint for real: Ray Serve on loopback, HTTP requests, a registered model and its gallery.
 
-One ZSE-SBIR endpoint serves the module (randomly initialised weights: rankings, not accuracy, are under
-test). The tests that restart it or move the champion alias run last.
+One ZSE-SBIR endpoint serves the module (the session's randomly initialised `served` model, shared with
+the page tests: rankings, not accuracy, are under test). The tests that restart it or move the champion alias run last.
 """
 
 from __future__ import annotations
@@ -21,20 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.ray.serving import Served, build_registered_gallery, free_port, prepare_small, register_random_checkpoint
-
-
-@pytest.fixture(scope="module")
-def served(ray_cluster, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    root, split, prepared = prepare_small(tmp)
-    runs = tmp / "runs"
-    runs.mkdir()
-    served = Served(root, prepared, f"sqlite:///{runs / 'mlflow.db'}", runs, "sbir-zse-servetest", [], "synthetic_zse")
-    register_random_checkpoint(served, seed=0, metric=0.1)
-    build_registered_gallery(served, served.reference)
-    served.split = split
-    return served
+from tests.ray.serving import Served, build_registered_gallery, free_port, register_random_checkpoint
 
 
 def _args(served: Served, port: int, *extra: str) -> dict:

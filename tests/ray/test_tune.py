@@ -1,8 +1,9 @@
 """`sbir tune` end to end: a tiny ASHA sweep, interrupted after its first finished trial and resumed,
 tracked on a real `mlflow server`; then the best config trains with `sbir train -c best.yaml`.
 
-`sbir` runs in its own process, as a user runs it: it starts its own local Ray cluster with the
-dashboard on (Tune driving Train needs it), independent of the session's in-process cluster.
+`sbir tune` runs in its own process, as a user runs it: it starts its own local Ray cluster with the
+dashboard on (Tune driving Train needs it), independent of the session's in-process cluster, on which
+the follow-up `sbir train` runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from sbir.cli import app
 from tests.helpers import SMALL_VAL_FRACTION, write_small_synthetic
 from tests.ray.serving import free_port
 
@@ -87,7 +90,9 @@ def _sweep_until_first_trial_ends(args: list[str]) -> tuple[str, str]:
     return first, output
 
 
-def test_an_asha_sweep_resumes_after_ctrl_c_ranks_on_validation_and_registers_its_best(tmp_path, mlflow_server):
+def test_an_asha_sweep_resumes_after_ctrl_c_ranks_on_validation_and_registers_its_best(
+    tmp_path, mlflow_server, ray_cluster
+):
     from mlflow import MlflowClient
 
     data = write_small_synthetic(tmp_path / "data")
@@ -157,17 +162,15 @@ def test_an_asha_sweep_resumes_after_ctrl_c_ranks_on_validation_and_registers_it
     assert report["trials"][0]["trial_id"] == best_id
     assert (runs / name / "report" / "curves.png").stat().st_size > 1000
 
-    # The best config trains with `sbir train -c` (one epoch and no test evaluation, to keep the test short).
+    # The best config trains with `sbir train -c` (one epoch and no test evaluation, to keep the test short;
+    # in this process, on the session's cluster: no Tune is involved).
     best_yaml = runs / name / "report" / "best.yaml"
-    train = subprocess.run(
-        [str(BIN / "sbir"), "train", "-c", str(best_yaml), "train.epochs=1", "train.eval_at_end=false"],
-        env=_env(), capture_output=True, text=True, timeout=SWEEP_TIMEOUT, check=False,
-    )  # fmt: skip
-    assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-4000:]
+    train = CliRunner().invoke(app, ["train", "-c", str(best_yaml), "train.epochs=1", "train.eval_at_end=false"])
+    assert train.exit_code == 0, train.output[-4000:]
     best_params = dict(zip(SEARCHED, searched[best_id], strict=True))
     retrained = yaml.safe_load(best_yaml.read_text())
     assert str(retrained["model"]["zse"]["kernel_count"]) == best_params["model.zse.kernel_count"]
-    assert "registered: models:/sbir-zse-synthetic/2" in train.stdout
+    assert "registered: models:/sbir-zse-synthetic/2" in train.output
 
 
 def _descendants(root: int) -> list[int]:
