@@ -74,7 +74,8 @@ def main() -> None:
     grid.write_text(yaml.safe_dump({"train.lr": {"grid": GRID}}))
     space = work / "random.yaml"
     space.write_text(yaml.safe_dump(RANDOM_SPACE))
-    sweep = ["tune.max_concurrent_trials=2", "tune.seed=0"]
+    # One worker per trial (the measured setting; the sequential runs keep the preset's two).
+    sweep = ["tune.max_concurrent_trials=2", "tune.seed=0", "tune.workers_per_trial=1"]
 
     timed([SBIR, "data", "prepare", "--layout", "synthetic", "--root", str(data), "--split", "zeroshot1",
            "--out", str(work / "prepared"), "--val-fraction", str(SMALL_VAL_FRACTION)])  # fmt: skip

@@ -525,9 +525,11 @@ class TuneConfig(_Strict):
     grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
     reduction_factor: int = Field(2, ge=2, description="asha: keep 1 in reduction_factor at each rung")
     max_t: int | None = Field(None, ge=1, description="asha: epochs of the longest trial; null = train.epochs")
-    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers (DDP) of each trial")
-    cpus_per_worker: float = Field(0.5, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    # A trial trains like `sbir train` of the same config unless these say otherwise: the worker count sets
+    # the per-worker batch (and what BatchNorm sees), so a recipe found at another count may not carry over.
+    workers_per_trial: int | None = Field(None, ge=1, description="workers per trial; null = train.num_workers")
+    cpus_per_worker: float | None = Field(None, gt=0, description="null = train.cpus_per_worker")
+    gpus_per_worker: float | None = Field(None, ge=0, description="null = 1 with train.use_gpu, else 0")
     trial_retries: int = Field(1, ge=0, description="times a failed trial is retried with its config")
     seed: int = 0
 

@@ -23,7 +23,7 @@ from sbir.config import Config, dump_config, load_config, with_absolute_paths, w
 from sbir.errors import SbirError
 from sbir.reports.sweep import COMPLETED, FAILED, STOPPED, UNFINISHED, TrialSummary, rank, write_sweep_report
 from tune.space import Dimension, check_space, load_space, parse_space
-from tune.trial import PARENT_TAG, SWEEP_TAG, TRIAL_TAG, TrialContext, run_trial
+from tune.trial import PARENT_TAG, SWEEP_TAG, TRIAL_TAG, TrialContext, TrialResources, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,8 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
         raise SweepError(f"{prepared} holds {len(manifest.classes.val)} validation classes; a sweep needs at least 2")
     tune = config.tune
     if config.run.check_resources:
-        check_resources(tune.workers_per_trial, tune.cpus_per_worker, tune.gpus_per_worker, "each sweep trial")
+        resources = TrialResources.of(config)
+        check_resources(resources.workers, resources.cpus_per_worker, resources.gpus_per_worker, "each sweep trial")
     run.create()
     tracker = _parent_run(config, dimensions, run, tracking_uri, resuming)
     root = storage.join(storage_path(config), name)

@@ -36,17 +36,36 @@ class TrialContext:
     experiment: str
 
 
+@dataclass(frozen=True)
+class TrialResources:
+    """Each trial's Ray Train workers: the `tune` section's values, else those of the training config."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+
+    @classmethod
+    def of(cls, config: Config) -> TrialResources:
+        tune, train = config.tune, config.train
+        gpus = tune.gpus_per_worker if tune.gpus_per_worker is not None else float(train.use_gpu)
+        return cls(
+            tune.workers_per_trial or train.num_workers,
+            tune.cpus_per_worker if tune.cpus_per_worker is not None else train.cpus_per_worker,
+            gpus,
+        )
+
+
 def trial_config(base: Config, params: dict[str, Any]) -> Config:
     """The trial's config: the searched values on the base, validated every epoch, nothing evaluated on test.
 
     Validation runs every epoch (the scheduler compares trials epoch by epoch); the unseen test classes
     and the registry are left to the sweep, which evaluates and registers only the best trial.
     """
-    tune = base.tune
+    resources = TrialResources.of(base)
     fixed = {
-        "train.num_workers": tune.workers_per_trial,
-        "train.cpus_per_worker": tune.cpus_per_worker,
-        "train.use_gpu": tune.gpus_per_worker > 0,
+        "train.num_workers": resources.workers,
+        "train.cpus_per_worker": resources.cpus_per_worker,
+        "train.use_gpu": resources.gpus_per_worker > 0,
         "train.val_every": 1,
         "train.val_from_epoch": 1,
         "train.eval_at_end": False,
@@ -146,7 +165,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         RunTracking(tracker.tracking_uri, tracker.run_id),
         storage_dir=context.trials_storage,
         callbacks=[TuneReportCallback()],
-        gpus_per_worker=config.tune.gpus_per_worker,
+        gpus_per_worker=TrialResources.of(config).gpus_per_worker,
     )
     try:
         trainer.fit()

@@ -102,7 +102,8 @@ def test_an_asha_sweep_resumes_after_ctrl_c_ranks_on_validation_and_registers_it
         f"data.root={data}", f"data.prepared={tmp_path / 'prepared'}", f"data.val_fraction={SMALL_VAL_FRACTION}",
         f"run.dir={runs}", f"run.name={name}", f"tracking.uri={mlflow_server}",
         f"train.epochs={EPOCHS}", "train.steps_per_epoch=1", "train.batch_size=12", "train.items_per_class=3",
-        "tune.num_samples=4", "tune.max_concurrent_trials=2", "tune.scheduler=asha", "tune.grace_period=1",
+        "tune.num_samples=4", "tune.max_concurrent_trials=2", "tune.workers_per_trial=1",
+        "tune.scheduler=asha", "tune.grace_period=1",
         "tune.reduction_factor=2", "tune.seed=3",
     ]  # fmt: skip
     first, interrupted = _sweep_until_first_trial_ends(args)
@@ -215,7 +216,8 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_checkpoint_and_the_sweep_
         f"train.epochs={EPOCHS}", "train.steps_per_epoch=2", "train.batch_size=12", "train.items_per_class=3",
         "train.max_failures=0",  # a lost worker fails the trial (not only its Ray Train run) ...
         "tune.trial_retries=1",  # ... and Tune runs it again
-        "tune.num_samples=2", "tune.max_concurrent_trials=2", "tune.scheduler=fifo", "tune.seed=5",
+        "tune.num_samples=2", "tune.max_concurrent_trials=2", "tune.workers_per_trial=1", "tune.scheduler=fifo",
+        "tune.seed=5",
     ]  # fmt: skip
     proc = subprocess.Popen(
         [str(BIN / "sbir"), "tune", *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -79,6 +79,21 @@ def test_a_trial_config_sets_the_searched_keys_validates_every_epoch_and_leaves_
         trial_config(base, {"model.zse.kernel_count": -1})
 
 
+def test_a_trial_trains_on_the_configs_own_workers_unless_the_tune_section_says_otherwise():
+    from tune.trial import TrialResources, trial_config
+
+    preset = load_config("synthetic_zse", ["train.num_workers=2", "train.cpus_per_worker=0.25"])
+    assert TrialResources.of(preset) == TrialResources(2, 0.25, 0.0)
+    assert trial_config(preset, {}).train.num_workers == 2, "a sweep of a preset trains like the preset"
+    lighter = load_config(
+        "synthetic_zse", ["tune.workers_per_trial=1", "tune.cpus_per_worker=1", "train.batch_size=24"]
+    )
+    assert TrialResources.of(lighter) == TrialResources(1, 1.0, 0.0)
+    assert (trial_config(lighter, {}).train.num_workers, trial_config(lighter, {}).train.cpus_per_worker) == (1, 1.0)
+    on_gpus = load_config("synthetic_zse", ["train.use_gpu=true"])
+    assert TrialResources.of(on_gpus).gpus_per_worker == 1.0
+
+
 @pytest.mark.parametrize(
     ("overrides", "space", "needle"),
     [
