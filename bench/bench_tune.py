@@ -105,6 +105,8 @@ command is a fresh `sbir` process with its own local Ray cluster (its start-up i
 Goal: sweep wall time ≤ 1.0× the sequential runs with 2 concurrent trials: {verdict}.
 The sweep also evaluates its best trial on the unseen classes and registers it once; the sequential runs
 do neither (`train.eval_at_end=false`). It pays one Ray start instead of four.
+The sweep's trials ran on one worker each (`tune.workers_per_trial=1`), the sequential runs on the
+preset's two, so the trials did less work per step than the runs they are timed against.
 
 | same random space, seed 0, 4 trials, 2 at a time | wall time | epochs trained | best val_score |
 |---|---:|---:|---:|
