@@ -183,52 +183,69 @@ def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_p
     assert set(json.loads((report / "metrics.json").read_text())) == {"ret"}
 
 
-def test_two_worker_runs_with_the_same_seed_train_identical_models(synth_prepared, tmp_path):
+@pytest.fixture(scope="module")
+def late_failure(synth_prepared, tmp_path_factory):
+    """A CLIP-AT run whose training finishes and whose evaluation then fails (an eval target is missing)."""
+    from pipelines.train import run_training
+
+    runs = tmp_path_factory.mktemp("late") / "runs"
+    missing = runs.parent / "no-such-target"
+    config = _config(
+        synth_prepared,
+        runs,
+        "synthetic_clip_at",
+        "run.name=fails-late",
+        "tracking.register_model=false",
+        f"eval.targets=[{{name: other, root: {missing}, layout: synthetic, split: zeroshot1}}]",
+    )
+    try:
+        run_training(config)
+    except Exception as exc:  # the test below checks what it is
+        return runs, exc
+    return runs, None
+
+
+def _mlflow_run(runs: Path, name: str):
+    from pipelines.tracking import resolve_tracking_uri
+
+    run_id = json.loads((runs / name / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, runs))
+    return client, client.get_run(run_id)
+
+
+def test_a_failure_after_training_marks_the_mlflow_run_failed_and_names_the_problem(late_failure):
+    from sbir.data.records import DatasetError
+
+    runs, error = late_failure
+    assert isinstance(error, DatasetError) and "no-such-target" in str(error), error
+    _, run = _mlflow_run(runs, "fails-late")
+    assert run.info.status == "FAILED"
+    assert (runs / "fails-late" / "best" / "checkpoint.json").is_file(), "training itself finished"
+
+
+def test_two_worker_runs_with_the_same_seed_train_identical_models(synth_prepared, late_failure, tmp_path):
+    """The same config and seed trains the same model: the late-failure run's training against a new one."""
     from pipelines.train import run_training
     from sbir.checkpoint import load_checkpoint
 
-    def train(name: str):
-        config = _config(
-            synth_prepared,
-            tmp_path / "runs",
-            "synthetic_clip_at",
-            f"run.name={name}",
-            "train.eval_at_end=false",
-            "tracking.register_model=false",
-        )
-        outcome = run_training(config)
-        model, _ = load_checkpoint(outcome.best_checkpoint)
-        return [h["train_loss"] for h in outcome.history], model.state_dict()
-
-    losses, weights = train("repeat-a")
-    losses_again, weights_again = train("repeat-b")
-    assert losses == losses_again  # exactly: each worker trained the same batches in the same order
-    assert weights.keys() == weights_again.keys()
-    assert all(torch.equal(weights[k], weights_again[k]) for k in weights)
-
-
-def test_a_failure_after_training_marks_the_mlflow_run_failed_and_names_the_problem(synth_prepared, tmp_path):
-    from pipelines.train import run_training
-    from sbir.data.records import DatasetError
-
-    missing = tmp_path / "no-such-target"
+    runs, _ = late_failure
     config = _config(
         synth_prepared,
         tmp_path / "runs",
         "synthetic_clip_at",
-        "run.name=fails-late",
-        "train.epochs=1",
+        "run.name=repeat",
+        "train.eval_at_end=false",  # (evaluation comes after training; the first run's failed there)
         "tracking.register_model=false",
-        f"eval.targets=[{{name: other, root: {missing}, layout: synthetic, split: zeroshot1}}]",
     )
-    with pytest.raises(DatasetError, match="no-such-target"):
-        run_training(config)
-    run_id = json.loads((tmp_path / "runs" / "fails-late" / "run.json").read_text())["mlflow_run_id"]
-    from pipelines.tracking import resolve_tracking_uri
-
-    run = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path / "runs")).get_run(run_id)
-    assert run.info.status == "FAILED"
-    assert (tmp_path / "runs" / "fails-late" / "best" / "checkpoint.json").is_file(), "training itself finished"
+    outcome = run_training(config)
+    client, first = _mlflow_run(runs, "fails-late")
+    losses = [m.value for m in sorted(client.get_metric_history(first.info.run_id, "train_loss"), key=lambda m: m.step)]
+    assert losses == [h["train_loss"] for h in outcome.history]  # exactly: the same batches in the same order
+    weights, _ = load_checkpoint(runs / "fails-late" / "best")
+    weights_again, _ = load_checkpoint(outcome.best_checkpoint)
+    first_state, again_state = weights.state_dict(), weights_again.state_dict()
+    assert first_state.keys() == again_state.keys()
+    assert all(torch.equal(first_state[k], again_state[k]) for k in first_state)
 
 
 def test_asking_for_gpus_the_cluster_lacks_fails_at_once(synth_prepared, tmp_path):
