@@ -188,6 +188,13 @@ def run_sweep(
     return _run(config, dimensions, run, resume is not None, echo)
 
 
+def plan_sweep(source: str | None, overrides: list[str], space: str | None) -> tuple[Config, list[Dimension]]:
+    """The config and space of a new sweep, checked together as `sbir tune` checks them, starting nothing."""
+    config, dimensions = _new_sweep_config(source, overrides, space)
+    check_search(dimensions, config)
+    return config, dimensions
+
+
 def _new_sweep_config(source: str | None, overrides: list[str], space: str | None) -> tuple[Config, list[Dimension]]:
     chosen = space or load_config(source, overrides).tune.space
     if not chosen:

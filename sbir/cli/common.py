@@ -14,6 +14,23 @@ ConfigOption = Annotated[
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.num_workers=4")]
 
 
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="check the command and its config, print what would run; start nothing")
+]
+
+
+def describe_run(config: Config) -> str:
+    """One line on what a training-like command would start (for --dry-run)."""
+    train = config.train
+    device = "GPU" if train.use_gpu else "CPU"
+    return (
+        f"{config.model.method} on {config.setting}: {train.num_workers} {device} worker(s), "
+        f"{train.epochs} epochs x {train.steps_per_epoch} steps, batch {train.batch_size}, "
+        f"prepared data {config.data.prepared or '(prepared from ' + config.data.root + ')'}, "
+        f"checkpoints {config.run.storage or config.run.dir}"
+    )
+
+
 def config_from(config: str | None, overrides: list[str] | None) -> Config:
     """The validated config of a command (a ConfigError names the bad key; the CLI exits 2)."""
     return load_config(config, overrides or [])

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from sbir.cli.common import ConfigOption, Overrides, config_from, metrics_table
+from sbir.cli.common import ConfigOption, DryRun, Overrides, config_from, describe_run, metrics_table
 from sbir.errors import UsageError
 
 
@@ -17,9 +17,13 @@ def train(
     config: ConfigOption = None,
     overrides: Overrides = None,
     resume: Annotated[str | None, typer.Option(help="resume the named run from its latest checkpoint")] = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Train on Ray Train (DDP), evaluate the best checkpoint on the unseen classes, track and register in MLflow."""
     cfg = config_from(config, overrides)
+    if dry_run:
+        typer.echo(f"ok: sbir train would train {describe_run(cfg)}")
+        return
     from pipelines.train import run_training
 
     outcome = run_training(cfg, resume=resume, echo=typer.echo)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sbir.cli.common import ConfigOption, Overrides, config_from
+from sbir.cli.common import ConfigOption, DryRun, Overrides, config_from
 from sbir.errors import UsageError
 
 index_app = typer.Typer(
@@ -26,6 +26,7 @@ def index_build(
     images: Annotated[Path | None, typer.Option(help="or: a plain folder of images (no classes)")] = None,
     roles: Annotated[str, typer.Option(help="comma-separated prepared roles to include")] = "test",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a gallery already in --out")] = False,
+    dry_run: DryRun = False,
     config: ConfigOption = None,
     overrides: Overrides = None,
 ) -> None:
@@ -42,6 +43,12 @@ def index_build(
     from sbir.config import config_for_checkpoint
 
     user = config_from(config, overrides)
+    if (prepared is None) == (images is None):
+        raise UsageError("build a gallery from a prepared dataset (--prepared) or a folder of images (--images), one")
+    if dry_run:
+        source = prepared or images
+        typer.echo(f"ok: sbir index build would encode {source} with {checkpoint} into {out} ({user.index.kind} index)")
+        return
     resolved = resolve_reference(checkpoint, user.tracking.uri, runs_dir=user.run.dir)
     meta = check_checkpoint(resolved.directory)
     cfg = config_for_checkpoint(meta.config, config, overrides)

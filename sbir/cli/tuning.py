@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sbir.cli.common import ConfigOption, Overrides, config_from, metrics_table
+from sbir.cli.common import ConfigOption, DryRun, Overrides, config_from, describe_run, metrics_table
 from sbir.errors import UsageError
 
 TOP_ROWS = 5
@@ -21,11 +21,25 @@ def tune_command(
     resume: Annotated[
         str | None, typer.Option(help="resume the named sweep: finished trials are kept, the others go on")
     ] = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Sweep hyperparameters with Ray Tune: each trial is a Ray Train run; the best is tested and registered."""
     if resume and space:
         raise UsageError("--resume continues a sweep with its own search space; leave out --space")
     config_from(config, overrides)  # a bad key or value fails here, before anything else
+    if dry_run:
+        from tune.sweep import plan_sweep
+        from tune.trial import TrialResources
+
+        cfg, dimensions = plan_sweep(config, overrides or [], space)
+        res = TrialResources.of(cfg)
+        typer.echo(
+            f"ok: sbir tune would run {cfg.tune.num_samples} trial(s), {cfg.tune.max_concurrent_trials} at a time, "
+            f"over {', '.join(d.key for d in dimensions)} ({cfg.tune.search_alg}, {cfg.tune.scheduler}); each trial "
+            f"{res.workers} worker(s) x {res.cpus_per_worker:g} CPU + {res.gpus_per_worker:g} GPU; base run: "
+            f"{describe_run(cfg)}"
+        )
+        return
     from sbir.reports.sweep import trials_table
     from tune.sweep import run_sweep
 
