@@ -208,15 +208,26 @@ def _epoch_metrics(totals: EpochTotals, epoch: int, run: _Run) -> dict[str, floa
     if not math.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower train.lr")
     metrics = {f"train_{k}": v / totals.micro for k, v in totals.sums.items()}
-    return metrics | {
-        "epoch": epoch + 1,
-        "attempt": run.state.attempt,
-        "lr": run.optimizer.param_groups[0]["lr"],
-        "samples_per_s": totals.images / totals.seconds,
-        "input_wait_share": totals.waited / totals.seconds,
-        "epoch_seconds": totals.seconds,
-        "val_score": NOT_VALIDATED,
-    }
+    return (
+        metrics
+        | {
+            "epoch": epoch + 1,
+            "attempt": run.state.attempt,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "samples_per_s": totals.images / totals.seconds,
+            "input_wait_share": totals.waited / totals.seconds,
+            "epoch_seconds": totals.seconds,
+            "val_score": NOT_VALIDATED,
+        }
+        | _gpu_memory()
+    )
+
+
+def _gpu_memory() -> dict[str, float]:
+    """Peak GPU memory this worker allocated so far (only when it trains on CUDA; `make gpu-check` reads it)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"gpu_peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def _save_and_report(loop: LoopConfig, run: _Run, metrics: dict[str, float]) -> None:

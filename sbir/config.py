@@ -613,7 +613,8 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _format_errors(exc: ValidationError) -> str:
+def format_validation_errors(exc: ValidationError) -> str:
+    """A pydantic error as one line per bad key (``  key: message``), unknown keys named as such."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
@@ -633,7 +634,7 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_validation_errors(exc)) from None
 
 
 def with_values(config: Config, values: Mapping[str, Any]) -> Config:

@@ -19,6 +19,7 @@ import typer.core
 
 from sbir.cli.common import ConfigOption, Overrides, config_from
 from sbir.cli.data import data_app
+from sbir.cli.infra import infra_app
 from sbir.cli.run import evaluate, train
 from sbir.cli.serving import index_app, query, serve_command
 from sbir.cli.tuning import tune_command
@@ -65,6 +66,7 @@ app.command("tune")(tune_command)
 app.add_typer(index_app, name="index")
 app.command("serve")(serve_command)
 app.command("query")(query)
+app.add_typer(infra_app, name="infra")
 
 
 @app.callback()
@@ -78,7 +80,7 @@ def _main(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    for name in ("sbir", "pipelines", "tune", "serve"):
+    for name in ("sbir", "pipelines", "tune", "serve", "infra"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
         os.environ["SBIR_VERBOSE"] = "1"

@@ -12,7 +12,7 @@ import sbir
 
 ROOT = Path(sbir.__file__).parent
 REPO = ROOT.parent
-APP_LAYERS = {"ray", "mlflow", "pipelines", "tune", "serve"}
+APP_LAYERS = {"ray", "mlflow", "pipelines", "tune", "serve", "infra"}
 FRONT_DOOR = ROOT / "cli"  # the CLI package is the one part of sbir that may reach the app layer
 
 
@@ -46,6 +46,17 @@ def test_the_core_never_imports_the_app_layer_even_lazily():
         for path in _core_modules()
         for line, root in _imported_roots(ast.parse(path.read_text(), str(path)))
         if root in APP_LAYERS
+    ]
+    assert not offences, "\n".join(offences)
+
+
+def test_infra_renders_files_and_never_runs_a_workload():
+    """infra/ builds manifests from the core's config and serve's config builder; it starts no training or sweep."""
+    offences = [
+        f"{path.relative_to(REPO)}:{line} imports {root}"
+        for path in sorted((REPO / "infra").glob("*.py"))
+        for line, root in _imported_roots(ast.parse(path.read_text(), str(path)))
+        if root in ("pipelines", "tune")
     ]
     assert not offences, "\n".join(offences)
 

@@ -1,0 +1,117 @@
+"""Core Kubernetes objects beside the Ray ones: the environment ConfigMap, the Secret templates (placeholders
+only) and the MLflow tracking server (a Deployment + Service over a database and the S3 artifact store)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra.spec import ClusterSpec
+
+PLACEHOLDER = "REPLACE-ME"
+
+
+def _metadata(spec: ClusterSpec, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/component": component},
+    }
+
+
+def env_configmap(spec: ClusterSpec) -> dict[str, Any]:
+    """What every Ray pod reads with envFrom: the tracking server and the bucket's region (no credentials)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(spec, spec.env_configmap, "config"),
+        "data": {
+            "MLFLOW_TRACKING_URI": spec.mlflow.uri,
+            "AWS_REGION": spec.providers.aws_region,
+            "AWS_DEFAULT_REGION": spec.providers.aws_region,
+        },
+    }
+
+
+def secret_templates(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """The Secrets the manifests reference, with placeholder values: fill a copy, never commit it."""
+
+    def secret(name: str, component: str, data: dict[str, str]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": _metadata(spec, name, component),
+            "type": "Opaque",
+            "stringData": data,
+        }
+
+    secrets = [
+        secret(spec.s3_secret, "s3", {"AWS_ACCESS_KEY_ID": PLACEHOLDER, "AWS_SECRET_ACCESS_KEY": PLACEHOLDER}),
+        secret(spec.ray_token_secret, "ray-auth", {"auth_token": PLACEHOLDER}),
+    ]
+    if spec.mlflow.deploy:
+        uri = f"postgresql://mlflow:{PLACEHOLDER}@your-postgres-host:5432/mlflow"
+        secrets.append(secret(spec.mlflow.db_secret, "mlflow", {"uri": uri}))
+    return secrets
+
+
+def _allowed_hosts(spec: ClusterSpec) -> str:
+    """MLflow refuses Host headers other than localhost and private IPs: allow the Service's own names."""
+    host, short = spec.mlflow_service_host, spec.mlflow_service_name
+    return ",".join(dict.fromkeys([f"{host}:*", host, f"{short}:*", short, "localhost:*"]))
+
+
+def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """The tracking server and registry: one Deployment of the project image and its ClusterIP Service."""
+    labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/component": "mlflow"}
+    port = spec.mlflow.port
+    container = {
+        "name": "mlflow",
+        "image": spec.image,
+        "command": ["mlflow", "server"],
+        "args": [
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            "$(MLFLOW_BACKEND_STORE_URI)",
+            "--artifacts-destination",
+            spec.mlflow.artifacts,
+            "--serve-artifacts",
+            "--allowed-hosts",
+            _allowed_hosts(spec),
+        ],
+        "env": [
+            {
+                "name": "MLFLOW_BACKEND_STORE_URI",
+                "valueFrom": {"secretKeyRef": {"name": spec.mlflow.db_secret, "key": "uri"}},
+            },
+            {"name": "AWS_DEFAULT_REGION", "value": spec.providers.aws_region},
+        ],
+        "envFrom": [{"secretRef": {"name": spec.s3_secret}}],
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    name = spec.mlflow_service_name
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, name, "mlflow"),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000}, "containers": [container]},
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, name, "mlflow"),
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": port, "targetPort": port}]},
+    }
+    return [deployment, service]
