@@ -55,11 +55,14 @@ def aws(spec: ClusterSpec) -> dict[str, Any]:
     providers = spec.providers
 
     def node_config(instance_type: str) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "InstanceType": instance_type,
             "IamInstanceProfile": {"Arn": providers.aws_instance_profile},
             "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": DISK_GB, "VolumeType": "gp3"}}],
         }
+        if providers.aws_image_id:
+            config["ImageId"] = providers.aws_image_id
+        return config
 
     config = _common(spec, {"type": "aws", "region": providers.aws_region, "cache_stopped_nodes": False}, {})
     config["available_node_types"] = {

@@ -108,6 +108,7 @@ class Providers(_Strict):
     """Cloud settings of the cluster-launcher configs (``ray up``)."""
 
     aws_region: str = "us-west-2"
+    aws_image_id: str | None = Field(None, description="AMI of every node; null = Ray's default Deep Learning AMI")
     aws_instance_profile: str = Field(description="IAM instance profile ARN with access to the bucket")
     gcp_project: str
     gcp_region: str = "us-central1"
