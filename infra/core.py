@@ -10,20 +10,12 @@ from infra.spec import ClusterSpec
 PLACEHOLDER = "REPLACE-ME"
 
 
-def _metadata(spec: ClusterSpec, name: str, component: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": spec.namespace,
-        "labels": {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/component": component},
-    }
-
-
 def env_configmap(spec: ClusterSpec) -> dict[str, Any]:
     """What every Ray pod reads with envFrom: the tracking server and the bucket's region (no credentials)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(spec, spec.env_configmap, "config"),
+        "metadata": spec.metadata(spec.env_configmap, "config"),
         "data": {
             "MLFLOW_TRACKING_URI": spec.mlflow.uri,
             "AWS_REGION": spec.providers.aws_region,
@@ -39,7 +31,7 @@ def secret_templates(spec: ClusterSpec) -> list[dict[str, Any]]:
         return {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": _metadata(spec, name, component),
+            "metadata": spec.metadata(name, component),
             "type": "Opaque",
             "stringData": data,
         }
@@ -98,7 +90,7 @@ def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(spec, name, "mlflow"),
+        "metadata": spec.metadata(name, "mlflow"),
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
@@ -111,7 +103,7 @@ def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(spec, name, "mlflow"),
+        "metadata": spec.metadata(name, "mlflow"),
         "spec": {"selector": labels, "ports": [{"name": "http", "port": port, "targetPort": port}]},
     }
     return [deployment, service]

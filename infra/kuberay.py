@@ -17,14 +17,6 @@ SERVE_PORT = 8000
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
 
 
-def _metadata(spec: ClusterSpec, name: str, component: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": spec.namespace,
-        "labels": {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/component": component},
-    }
-
-
 def _resources(size: PodSize) -> dict[str, Any]:
     amounts: dict[str, Any] = {"cpu": size.cpu, "memory": size.memory}
     if size.gpus:
@@ -103,7 +95,7 @@ def ray_job(spec: ClusterSpec, workload: workloads.Workload) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "RayJob",
-        "metadata": _metadata(spec, f"{spec.name}-{workload.name}", workload.name),
+        "metadata": spec.metadata(f"{spec.name}-{workload.name}", workload.name),
         "spec": {
             "entrypoint": workload.command,
             "shutdownAfterJobFinishes": True,
@@ -118,7 +110,7 @@ def ray_service(spec: ClusterSpec) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "RayService",
-        "metadata": _metadata(spec, f"{spec.name}-serve", "serve"),
+        "metadata": spec.metadata(f"{spec.name}-serve", "serve"),
         "spec": {
             "serveConfigV2": render_serve_config(workloads.serve_document(spec)),
             "excludeHeadPodFromServeSvc": True,
@@ -136,7 +128,7 @@ def ray_cluster(spec: ClusterSpec) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "RayCluster",
-        "metadata": _metadata(spec, spec.name, "cluster"),
+        "metadata": spec.metadata(spec.name, "cluster"),
         "spec": ray_cluster_spec(spec),
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -175,6 +176,14 @@ class ClusterSpec(_Strict):
     @property
     def mlflow_service_name(self) -> str:
         return self.mlflow_service_host.split(".")[0]
+
+    def metadata(self, name: str, component: str) -> dict[str, Any]:
+        """A Kubernetes object's metadata: its name in the spec's namespace, with the labels every object shares."""
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {"app.kubernetes.io/name": self.name, "app.kubernetes.io/component": component},
+        }
 
     @property
     def gpu_groups(self) -> list[WorkerGroup]:
