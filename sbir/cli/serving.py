@@ -110,12 +110,13 @@ def serve_command(
     typer.echo(f"serving {endpoint.model_id} ({endpoint.method}) at {endpoint.url}  (Ctrl-C to stop)")
     typer.echo(f"API: {endpoint.url}/docs   metrics: {endpoint.url}/metrics")
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    # Both stop it cleanly, SIGINT too when the shell that started it ignored SIGINT (`sbir serve &` in a script,
+    # where Python would otherwise never see Ctrl-C or `kill -INT`).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
     try:
         while not stopped.wait(1.0):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         typer.echo("stopping the endpoint")
         stop_endpoint()
