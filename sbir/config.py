@@ -495,6 +495,11 @@ class ServeConfig(_Strict):
     max_batch_size: int = Field(16, ge=1, description="sketches the encoder encodes together (@serve.batch)")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long the encoder waits to fill a batch")
     reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")
+    load_before_ready: bool = Field(
+        False,
+        description="an ingress replica starts only once the model and gallery are loaded, and a load failure fails "
+        "the deployment (a RayService then keeps the old cluster); false = start at once, /readyz 503 until loaded",
+    )
     max_upload_bytes: int = Field(10 * 1024**2, ge=1024, description="request bodies above this get 413")
     max_image_pixels: int = Field(16_000_000, ge=1, description="decoded images above this get 413")
     max_strokes: int = Field(500, ge=1)

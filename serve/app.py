@@ -95,6 +95,10 @@ _SKETCH_BODY = {
 }
 
 
+class ModelLoadError(SbirError):
+    """With serve.load_before_ready, the model or gallery did not load: the replica does not start."""
+
+
 @dataclass(frozen=True)
 class AppSettings:
     """What the ingress needs to know: the limits and defaults, and what to serve (and how to re-resolve it)."""
@@ -169,7 +173,7 @@ def _media_type(request: Request) -> str:
 class Ingress:
     """HTTP in front of the model deployments: checks, API key, timings, metrics, model reloads."""
 
-    def __init__(
+    async def __init__(
         self,
         settings: AppSettings,
         encoder: DeploymentHandle,
@@ -183,7 +187,12 @@ class Ingress:
         self.model: ServingModel | None = None
         self.load_error: str | None = None
         self.swaps = 0
-        self._loader = asyncio.get_event_loop().create_task(self._load_first())
+        if self.limits.load_before_ready:
+            await self._load_first()  # Serve counts the replica as started only after this
+            if self.load_error is not None:
+                raise ModelLoadError(f"cannot load {settings.model}: {self.load_error}")
+        else:
+            self._loader = asyncio.get_event_loop().create_task(self._load_first())
 
     # ----------------------------------------------------------------- model lifecycle
     async def _resolve(self) -> ServingModel:

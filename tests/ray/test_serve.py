@@ -434,3 +434,28 @@ def test_moving_the_champion_alias_swaps_the_model_without_failing_a_request(ser
     assert info["version"] == "2" and info["swaps"] == 1
     again = httpx.post(f"{url}/v1/admin/reload", headers=headers, timeout=60).json()
     assert again["changed"] is False
+
+
+def test_with_load_before_ready_a_started_app_answers_at_once_and_one_that_cannot_load_fails(
+    served, endpoint, tmp_path
+):
+    """What a RayService upgrade relies on: Serve reports the app RUNNING only with its model loaded, and a model
+    that cannot load fails the deployment instead of starting an endpoint that answers 503."""
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.config_file import APP_NAME
+    from serve.launch import stop_endpoint
+
+    stop_endpoint()
+    args = _args(served, endpoint["port"], "serve.load_before_ready=true")
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)  # returns once RUNNING
+    ready = httpx.get(f"{endpoint['url']}/readyz", timeout=30)
+    assert ready.status_code == 200, ready.text
+    stop_endpoint()
+    missing = tmp_path / "no-such-checkpoint"
+    with pytest.raises(Exception, match=f"Deploying application {APP_NAME} failed"):
+        serve.run(build_app(dict(args, model=str(missing))), name=APP_NAME, route_prefix="/", blocking=False)
+    ingress = serve.status().applications[APP_NAME].deployments["Ingress"]
+    assert "no-such-checkpoint" in ingress.message, ingress.message  # what `serve status` shows the operator
+    stop_endpoint()
