@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.kuberay import POD_SECURITY
 from infra.spec import ClusterSpec
 
 PLACEHOLDER = "REPLACE-ME"
@@ -36,10 +37,10 @@ def secret_templates(spec: ClusterSpec) -> list[dict[str, Any]]:
             "stringData": data,
         }
 
-    secrets = [
-        secret(spec.s3_secret, "s3", {"AWS_ACCESS_KEY_ID": PLACEHOLDER, "AWS_SECRET_ACCESS_KEY": PLACEHOLDER}),
-        secret(spec.ray_token_secret, "ray-auth", {"auth_token": PLACEHOLDER}),
-    ]
+    secrets = [secret(spec.ray_token_secret, "ray-auth", {"auth_token": PLACEHOLDER})]
+    if spec.s3_secret:
+        keys = {"AWS_ACCESS_KEY_ID": PLACEHOLDER, "AWS_SECRET_ACCESS_KEY": PLACEHOLDER}
+        secrets.insert(0, secret(spec.s3_secret, "s3", keys))
     if spec.mlflow.deploy:
         uri = f"postgresql://mlflow:{PLACEHOLDER}@your-postgres-host:5432/mlflow"
         secrets.append(secret(spec.mlflow.db_secret, "mlflow", {"uri": uri}))
@@ -47,9 +48,11 @@ def secret_templates(spec: ClusterSpec) -> list[dict[str, Any]]:
 
 
 def _allowed_hosts(spec: ClusterSpec) -> str:
-    """MLflow refuses Host headers other than localhost and private IPs: allow the Service's own names."""
-    host, short = spec.mlflow_service_host, spec.mlflow_service_name
-    return ",".join(dict.fromkeys([f"{host}:*", host, f"{short}:*", short, "localhost:*"]))
+    """An explicit list replaces MLflow's default (localhost and private IPs): the Service's names, and loopback
+    for `kubectl port-forward`."""
+    name, namespace = spec.mlflow_service_name, spec.namespace
+    names = [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+    return ",".join([*(f"{n}:*" for n in names), *names, "localhost:*", "127.0.0.1:*"])
 
 
 def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
@@ -80,7 +83,7 @@ def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
             },
             {"name": "AWS_DEFAULT_REGION", "value": spec.providers.aws_region},
         ],
-        "envFrom": [{"secretRef": {"name": spec.s3_secret}}],
+        "envFrom": [{"secretRef": {"name": spec.s3_secret}}] if spec.s3_secret else [],
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
@@ -96,7 +99,7 @@ def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000}, "containers": [container]},
+                "spec": {"securityContext": POD_SECURITY, "containers": [container]},
             },
         },
     }

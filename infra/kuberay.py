@@ -12,8 +12,10 @@ from infra.spec import ClusterSpec, PodSize, WorkerGroup
 from serve.config_file import render as render_serve_config
 
 API_VERSION = "ray.io/v1"
-RAY_UID = 1000  # the `ray` user of the official Ray images
+RAY_UID, RAY_GID = 1000, 100  # the `ray` user and `users` group of the official Ray images
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": RAY_UID, "runAsGroup": RAY_GID, "fsGroup": RAY_GID}
 SERVE_PORT = 8000
+DASHBOARD_AGENT_PORT = 52365  # Ray's default dashboard-agent port, where the raylet health check lives
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080}
 
 
@@ -25,36 +27,51 @@ def _resources(size: PodSize) -> dict[str, Any]:
 
 
 def _pod_template(
-    spec: ClusterSpec, container: str, size: PodSize, ports: dict[str, int], readiness: str | None = None
+    spec: ClusterSpec, container: str, size: PodSize, ports: dict[str, int], readiness: bool = False
 ) -> dict[str, Any]:
-    """A Ray pod: the image, env from the ConfigMap and the S3 Secret (never inline), non-root, shared memory."""
+    """A Ray pod: the image, env from the ConfigMap and the S3 Secret (never inline), as the image's non-root user."""
     body: dict[str, Any] = {
         "name": container,
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "envFrom": [{"configMapRef": {"name": spec.env_configmap}}, {"secretRef": {"name": spec.s3_secret}}],
+        "envFrom": env_from(spec),
         "resources": _resources(size),
-        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
         "securityContext": {"allowPrivilegeEscalation": False},
     }
     if ports:
         body["ports"] = [{"name": name, "containerPort": port} for name, port in ports.items()]
     if readiness:
-        # Ready only when the endpoint has its model and gallery loaded (the proxy alone is not enough).
-        body["readinessProbe"] = {
-            "httpGet": {"path": readiness, "port": SERVE_PORT},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        }
-    pod: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RAY_UID, "fsGroup": 100},
-        "containers": [body],
-        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
-    }
+        body["readinessProbe"] = readiness_probe()
+    # KubeRay adds the /dev/shm volume for Ray's object store itself (sized to the memory limit).
+    pod: dict[str, Any] = {"securityContext": POD_SECURITY, "containers": [body]}
     if size.gpus:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return {"spec": pod}
+
+
+def readiness_probe() -> dict[str, Any]:
+    """A serving worker is ready when its raylet and Serve proxy are healthy (KubeRay's own checks, which a probe
+    of ours replaces; the proxy's /-/healthz fails while it drains) and the endpoint answers /readyz."""
+    checks = [
+        f"wget -T 2 -q -O- http://localhost:{DASHBOARD_AGENT_PORT}/api/local_raylet_healthz | grep success",
+        f"wget -T 2 -q -O- http://localhost:{SERVE_PORT}/-/healthz | grep success",
+        f"wget -T 2 -q -O /dev/null http://localhost:{SERVE_PORT}/readyz",
+    ]
+    return {
+        "exec": {"command": ["bash", "-c", " && ".join(checks)]},
+        "initialDelaySeconds": 10,
+        "periodSeconds": 5,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    }
+
+
+def env_from(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """The ConfigMap, and the S3 Secret unless the pods get the bucket from their identity."""
+    sources: list[dict[str, Any]] = [{"configMapRef": {"name": spec.env_configmap}}]
+    if spec.s3_secret:
+        sources.append({"secretRef": {"name": spec.s3_secret}})
+    return sources
 
 
 def _head_group(spec: ClusterSpec, serving: bool) -> dict[str, Any]:
@@ -74,7 +91,7 @@ def _worker_group(spec: ClusterSpec, group: WorkerGroup, serving: bool) -> dict[
         "maxReplicas": group.max_replicas,
         "rayStartParams": {},
         "template": _pod_template(
-            spec, "ray-worker", group, {"serve": SERVE_PORT} if serving else {}, "/readyz" if serving else None
+            spec, "ray-worker", group, {"serve": SERVE_PORT} if serving else {}, readiness=serving
         ),
     }
 

@@ -54,21 +54,26 @@ def aws(spec: ClusterSpec) -> dict[str, Any]:
     """AWS: EC2 nodes with the spec's instance types and an instance profile that reaches the bucket."""
     providers = spec.providers
 
-    def node_config(instance_type: str) -> dict[str, Any]:
+    def node_config(instance_type: str, profile: str | None) -> dict[str, Any]:
         config: dict[str, Any] = {
             "InstanceType": instance_type,
-            "IamInstanceProfile": {"Arn": providers.aws_instance_profile},
             "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": DISK_GB, "VolumeType": "gp3"}}],
         }
+        if profile:  # a head without one gets Ray's ray-autoscaler-v1 role, which may launch the workers
+            config["IamInstanceProfile"] = {"Arn": profile}
         if providers.aws_image_id:
             config["ImageId"] = providers.aws_image_id
         return config
 
     config = _common(spec, {"type": "aws", "region": providers.aws_region, "cache_stopped_nodes": False}, {})
     config["available_node_types"] = {
-        HEAD_TYPE: _node_type(node_config(spec.head.aws_instance_type), 0, 0, None),
+        HEAD_TYPE: _node_type(
+            node_config(spec.head.aws_instance_type, providers.aws_head_instance_profile), 0, 0, None
+        ),
         **{
-            group.name: _node_type(node_config(group.aws_instance_type), group.ray_cpus, group.gpus, group)
+            group.name: _node_type(
+                node_config(group.aws_instance_type, providers.aws_instance_profile), group.ray_cpus, group.gpus, group
+            )
             for group in spec.worker_groups
         },
     }
@@ -103,7 +108,7 @@ def gcp(spec: ClusterSpec) -> dict[str, Any]:
         }
         if gpus:
             config["guestAccelerators"] = [{"acceleratorType": accelerator, "acceleratorCount": gpus}]
-            config["scheduling"] = [{"onHostMaintenance": "TERMINATE"}]
+            config["scheduling"] = {"onHostMaintenance": "TERMINATE"}  # GPUs cannot live-migrate
             config["metadata"] = {"items": [{"key": "install-nvidia-driver", "value": "True"}]}
         return config
 

@@ -110,7 +110,12 @@ class Providers(_Strict):
 
     aws_region: str = "us-west-2"
     aws_image_id: str | None = Field(None, description="AMI of every node; null = Ray's default Deep Learning AMI")
-    aws_instance_profile: str = Field(description="IAM instance profile ARN with access to the bucket")
+    aws_instance_profile: str = Field(description="IAM instance profile ARN of the workers: access to the bucket")
+    aws_head_instance_profile: str | None = Field(
+        None,
+        description="the head's profile: the bucket plus the autoscaler's EC2 rights and iam:PassRole of the "
+        "workers' profile; null = Ray creates its default ray-autoscaler-v1 role",
+    )
     gcp_project: str
     gcp_region: str = "us-central1"
     gcp_zone: str = "us-central1-a"
@@ -129,7 +134,9 @@ class ClusterSpec(_Strict):
     ray_version: str = Field(description="Ray version in the image (checked against constraints.txt by tests)")
     storage: str = Field(description="s3:// prefix: prepared data, checkpoints, sweeps and galleries live under it")
     env_configmap: str = Field("sbir-env", description="ConfigMap with MLFLOW_TRACKING_URI, AWS_REGION …")
-    s3_secret: str = Field("sbir-s3", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    s3_secret: str | None = Field(
+        "sbir-s3", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; null = a pod identity (IRSA)"
+    )
     ray_token_secret: str = Field("sbir-ray-token", description="Secret with key auth_token (Ray token auth)")
     head: Head = Field(default_factory=Head)
     worker_groups: list[WorkerGroup]

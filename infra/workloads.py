@@ -80,7 +80,14 @@ def index(spec: ClusterSpec) -> Workload:
 
 def service_args(spec: ClusterSpec) -> tuple[dict[str, Any], Config]:
     """The Serve application's builder arguments (as ``sbir serve`` passes them) and the config they give."""
-    overrides = [f"run.dir={spec.run_dir}", "serve.host=0.0.0.0", *spec.service.overrides]
+    # Bind beyond loopback in a pod; start a replica only with its model loaded, so an upgrade moves traffic
+    # to a cluster that can answer and a new cluster that cannot load fails instead of taking the Service.
+    overrides = [
+        f"run.dir={spec.run_dir}",
+        "serve.host=0.0.0.0",
+        "serve.load_before_ready=true",
+        *spec.service.overrides,
+    ]
     args = {
         "config": spec.service.preset,
         "model": spec.service.model,

@@ -93,7 +93,12 @@ def test_a_rayservice_whose_serve_config_ray_refuses_fails():
 
 def test_the_rayservice_carries_the_serve_config_the_builder_makes(spec):
     service = load_documents(INFRA / "kuberay/rayservice.yaml")[0]
-    overrides = [f"run.dir={spec.run_dir}", "serve.host=0.0.0.0", *spec.service.overrides]
+    overrides = [
+        f"run.dir={spec.run_dir}",
+        "serve.host=0.0.0.0",
+        "serve.load_before_ready=true",
+        *spec.service.overrides,
+    ]
     args = {"config": spec.service.preset, "model": spec.service.model, "overrides": overrides}
     expected = serve_config(load_config(spec.service.preset, overrides), args, with_reranker=True)  # ZSE re-ranks
     assert kuberay.serve_config_of(service) == expected
@@ -110,13 +115,16 @@ def test_the_serve_import_path_imports_from_the_repository_root(spec):
     assert callable(getattr(module, attribute))
     settings, config = settings_from_args(application["args"])  # the builder accepts the args as they are
     assert settings.model == spec.service.model and config.serve.reload_interval_s > 0
+    assert config.serve.load_before_ready, "an upgrade must not move traffic to a cluster still loading"
 
 
 def test_readiness_of_serving_pods_is_the_endpoints_readyz():
     service = load_documents(INFRA / "kuberay/rayservice.yaml")[0]
     for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
         (container,) = group["template"]["spec"]["containers"]
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": kuberay.SERVE_PORT}
+        (shell,) = container["readinessProbe"]["exec"]["command"][2:]
+        assert f"localhost:{kuberay.SERVE_PORT}/readyz" in shell, "ready only with the model loaded"
+        assert f"localhost:{kuberay.SERVE_PORT}/-/healthz" in shell, "KubeRay's proxy check (draining) kept"
     assert service["spec"]["excludeHeadPodFromServeSvc"] is True
 
 
