@@ -52,10 +52,6 @@ class MethodFigures:
     test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-class NoGpu(SystemExit):
-    pass
-
-
 def require_gpus() -> int:
     """The visible CUDA GPUs, or exit with a message saying what is missing."""
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
@@ -64,7 +60,7 @@ def require_gpus() -> int:
             "NVIDIA GPUs, their driver and a CUDA build of torch; nothing was run.",
             file=sys.stderr,
         )
-        raise NoGpu(1)
+        raise SystemExit(1)
     return torch.cuda.device_count()
 
 

@@ -57,8 +57,9 @@ def _allowed_hosts(spec: ClusterSpec) -> str:
 
 def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
     """The tracking server and registry: one Deployment of the project image and its ClusterIP Service."""
-    labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/component": "mlflow"}
-    port = spec.mlflow.port
+    name, port = spec.mlflow_service_name, spec.mlflow.port
+    metadata = spec.metadata(name, "mlflow")
+    labels = metadata["labels"]
     container = {
         "name": "mlflow",
         "image": spec.image,
@@ -89,11 +90,10 @@ def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
         "securityContext": {"allowPrivilegeEscalation": False},
     }
-    name = spec.mlflow_service_name
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": spec.metadata(name, "mlflow"),
+        "metadata": metadata,
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
@@ -106,7 +106,7 @@ def mlflow_server(spec: ClusterSpec) -> list[dict[str, Any]]:
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": spec.metadata(name, "mlflow"),
+        "metadata": metadata,
         "spec": {"selector": labels, "ports": [{"name": "http", "port": port, "targetPort": port}]},
     }
     return [deployment, service]

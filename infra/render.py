@@ -47,7 +47,11 @@ SECRET_NOTE = (
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (a RayService's serveConfigV2) as literal blocks, so the embedded file stays readable."""
+    """Multi-line strings (a RayService's serveConfigV2) as literal blocks, so the embedded file stays readable;
+    objects shared between builders (labels, security contexts) written out in full, never as YAML aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -61,7 +65,7 @@ _Dumper.add_representer(str, _str)
 def objects(name: str, spec: ClusterSpec) -> list[dict[str, Any]]:
     if name not in FILES:
         raise UsageError(f"no shipped file {name!r}; known: {', '.join(FILES)}")
-    if name in CORE and name == "kuberay/mlflow.yaml" and not spec.mlflow.deploy:
+    if name == "kuberay/mlflow.yaml" and not spec.mlflow.deploy:
         return []
     return FILES[name](spec)
 
@@ -83,8 +87,3 @@ def render_all(spec: ClusterSpec, out: str | Path) -> list[Path]:
         path.write_text(render(name, spec))
         written.append(path)
     return written
-
-
-def load_documents(path: str | Path) -> list[dict[str, Any]]:
-    """The objects of a (multi-document) YAML file, empty documents left out."""
-    return [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc]

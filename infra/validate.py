@@ -122,10 +122,15 @@ def check_document(document: dict[str, Any]) -> None:
         raise ManifestError("neither a Kubernetes object (apiVersion, kind) nor a Ray cluster config (cluster_name)")
 
 
+def load_documents(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a (multi-document) YAML file, empty documents left out."""
+    return [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
+
+
 def check_file(path: str | Path) -> int:
     """Check every object of a YAML file; returns how many there were."""
     try:
-        documents = [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
+        documents = load_documents(path)
     except (OSError, yaml.YAMLError) as exc:
         raise ManifestError(f"{path}: cannot read it as YAML: {exc}") from None
     for document in documents:

@@ -38,13 +38,12 @@ def prepared_path(spec: ClusterSpec, config: Config) -> str:
 
 
 def gallery_path(spec: ClusterSpec, config: Config) -> str:
-    return f"{spec.storage}/galleries/{config.tracking.model_name or f'sbir-{config.model.method}-{config.setting}'}"
+    return f"{spec.storage}/galleries/{config.registered_model_name}"
 
 
 def _cluster_keys(spec: ClusterSpec, job: JobSpec) -> list[str]:
-    setting = load_config(job.preset, job.overrides).setting
     return [
-        f"data.prepared={spec.storage}/prepared/{setting}",
+        f"data.prepared={prepared_path(spec, load_config(job.preset, job.overrides))}",
         f"run.storage={spec.storage}/runs",
         f"run.dir={spec.run_dir}",
         "run.check_resources=false",
@@ -104,12 +103,3 @@ def serve_document(spec: ClusterSpec) -> dict[str, Any]:
 
     args, config = service_args(spec)
     return serve_config(config, args, with_reranker="rn_rerank" in family_of(config).served_modes)
-
-
-def serve_write_config_argv(spec: ClusterSpec, out: str) -> list[str]:
-    """The ``sbir serve --write-config`` command that writes the same Serve config (docs/deploy.md)."""
-    args, _ = service_args(spec)
-    argv = ["sbir", "serve", "--model", args["model"]]
-    if args["gallery"]:
-        argv += ["--gallery", args["gallery"]]
-    return [*argv, "--write-config", out, "-c", args["config"], *args["overrides"]]

@@ -384,9 +384,9 @@ def _evaluate_best(config: Config, prepared: str, outcome: TrainOutcome, tracker
 
 
 def _register(config: Config, outcome: TrainOutcome, tracker, tags, echo) -> None:
-    from pipelines.tracking import model_name, register_checkpoint
+    from pipelines.tracking import register_checkpoint
 
-    name = config.tracking.model_name or model_name(config.model.method, config.setting)
+    name = config.registered_model_name
     registration = register_checkpoint(
         tracker,
         outcome.best_checkpoint,

@@ -10,6 +10,7 @@ any single switch can still be overridden on its own.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -586,8 +587,24 @@ class Config(_Strict):
             base = f"fg_{base}"
         return base
 
+    @property
+    def registered_model_name(self) -> str:
+        """The name the run registers in the model registry: tracking.model_name, else sbir-<method>-<setting>."""
+        return self.tracking.model_name or registered_model_name(self.model.method, self.setting)
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def registered_model_name(method: str, setting: str) -> str:
+    """The default registered-model name for a method and a benchmark setting, e.g. ``sbir-zse-sketchy25``.
+
+    The name is lowercase and uses only ``[a-z0-9-]``. It is also safe in URLs and in ``models:/`` references.
+    """
+    parts = [re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in ("sbir", method, setting)]
+    if not parts[1] or not parts[2]:
+        raise ConfigError(f"a model name needs a method and a setting, got method={method!r} setting={setting!r}")
+    return "-".join(parts)
 
 
 # --------------------------------------------------------------------------- loading

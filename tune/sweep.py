@@ -493,7 +493,7 @@ def _best_trial(config: Config, best: TrialSummary, outcome: SweepOutcome, conte
     import ray.train
 
     from pipelines.evaluate import evaluate_checkpoint
-    from pipelines.tracking import Tracker, model_name, register_checkpoint
+    from pipelines.tracking import Tracker, register_checkpoint
 
     name, run_dir = outcome.name, outcome.dir
     best_dir = run_dir / "best"
@@ -520,7 +520,7 @@ def _best_trial(config: Config, best: TrialSummary, outcome: SweepOutcome, conte
         child.log_metrics(flat)
         tracker.log_artifact(run_dir / "eval-test", "best-report")
     if config.tracking.register_model:
-        registered_name = config.tracking.model_name or model_name(config.model.method, config.setting)
+        registered_name = config.registered_model_name
         val_score = _checkpoint_val_score(best)
         registration = register_checkpoint(
             child,

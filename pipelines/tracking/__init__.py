@@ -19,11 +19,11 @@ from pipelines.tracking.registry import (
     GALLERY_ARTIFACT,
     Registration,
     RegistryError,
-    model_name,
     register_checkpoint,
 )
 from pipelines.tracking.tracker import MAX_PARAM_VAL_LENGTH, TRUNCATION_MARKER, Tracker, flatten_params
 from pipelines.tracking.uri import DEFAULT_DB, TrackingError, resolve_tracking_uri
+from sbir.config import registered_model_name as model_name  # the default registered name
 
 __all__ = [
     "CHAMPION_ALIAS",

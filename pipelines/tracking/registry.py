@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,17 +35,6 @@ class RegistryError(SbirError, ValueError):
 
 class NotACheckpoint(RegistryError, FileNotFoundError):
     """The directory to register holds no checkpoint.json."""
-
-
-def model_name(method: str, setting: str) -> str:
-    """The registered-model name for a method and a benchmark setting, e.g. ``sbir-zse-sketchy25``.
-
-    The name is lowercase and uses only ``[a-z0-9-]``. It is also safe in URLs and in ``models:/`` references.
-    """
-    parts = [re.sub(r"[^a-z0-9]+", "-", str(p).lower()).strip("-") for p in ("sbir", method, setting)]
-    if not parts[1] or not parts[2]:
-        raise RegistryError(f"model_name needs a method and a setting, got method={method!r} setting={setting!r}")
-    return "-".join(parts)
 
 
 @dataclass(frozen=True)

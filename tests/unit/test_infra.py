@@ -16,9 +16,9 @@ import yaml
 from typer.testing import CliRunner
 
 from infra import kuberay, workloads
-from infra.render import FILES, KUBERAY, LAUNCHER, load_documents, render
+from infra.render import FILES, KUBERAY, LAUNCHER, render
 from infra.spec import SpecError, load_spec
-from infra.validate import ManifestError, check_document, check_file
+from infra.validate import ManifestError, check_document, check_file, load_documents
 from sbir.cli import app
 from sbir.config import load_config
 from serve.config_file import serve_config
@@ -46,6 +46,11 @@ def _dockerfile_arg(name: str) -> str:
 @pytest.mark.parametrize("name", list(FILES))
 def test_each_shipped_file_is_what_the_spec_renders(spec, name):
     assert (INFRA / name).read_text() == render(name, spec), f"run `make manifests`: {name} differs from the spec"
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_each_shipped_file_spells_every_object_out(name):
+    assert not re.search(r"[&*]id\d+", (INFRA / name).read_text()), "YAML aliases: a reader cannot edit one copy"
 
 
 @pytest.mark.parametrize("name", list(FILES))
@@ -149,7 +154,9 @@ def test_each_rayjob_entrypoint_parses_with_the_cli(name):
 
 
 def test_a_dry_run_names_a_bad_override():
-    result = CliRunner().invoke(app, ["train", "-c", "zse_sketchy25", "train.num_workers=4", "train.batch_size=30"])
+    result = CliRunner().invoke(
+        app, ["train", "-c", "zse_sketchy25", "train.num_workers=4", "train.batch_size=30", "--dry-run"]
+    )
     assert result.exit_code == 2 and "batch_size" in result.output
 
 
