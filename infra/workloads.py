@@ -102,4 +102,4 @@ def serve_document(spec: ClusterSpec) -> dict[str, Any]:
     from serve.config_file import serve_config
 
     args, config = service_args(spec)
-    return serve_config(config, args, with_reranker="rn_rerank" in family_of(config).served_modes)
+    return serve_config(config, args, with_reranker=family_of(config).reranks)

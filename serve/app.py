@@ -24,7 +24,8 @@ from ray.serve.handle import DeploymentHandle
 
 from sbir.config import Config, ServeConfig
 from sbir.errors import SbirError
-from sbir.inference.gallery import GalleryItem, find_image, merge_reranked
+from sbir.inference.gallery import GalleryItem, find_image
+from sbir.inference.search import SearchPlan
 from sbir.methods import get_family
 from serve.deployments import EncodeRequest, GalleryIndex, Reranker, SketchEncoder
 from serve.metrics import EndpointMetrics
@@ -385,16 +386,18 @@ class Ingress:
         self.metrics.batch_size.observe(encoded.batch_size)
         family = get_family(model.method)
         embedding = family.encoding.from_arrays(encoded.arrays).retrieval_embeddings().numpy()
-        depth = max(k, rerank_k) if mode == "rn_rerank" else k
-        hits = await self.index.search.remote(model, embedding, depth)
-        ids, scores, items = hits.ids, hits.scores, hits.items
+        plan = SearchPlan.for_mode(k, mode, family.rerank_mode, rerank_k, 2**62)
+        hits = await self.index.search.remote(model, embedding, plan.depth)
+        ids, scores, items = hits.ids.reshape(1, -1), hits.scores.reshape(1, -1), hits.items
         timings = {"decode": decode_s, "encode": encoded.seconds, "search": hits.seconds, "rerank": 0.0}
-        if mode == "rn_rerank" and len(ids):
-            head = ids[: min(rerank_k, len(ids))]
-            relation, timings["rerank"] = await self.reranker.rerank.remote(model, encoded.arrays, head)
-            merged = merge_reranked(ids.reshape(1, -1), scores.reshape(1, -1), relation.reshape(1, -1), k)
-            ids, scores = merged.ids[0], merged.scores[0]
-        ids, scores = ids[:k], scores[:k]
+        relation = None
+        if plan.rerank and ids.size:
+            relation, timings["rerank"] = await self.reranker.rerank.remote(
+                model, encoded.arrays, plan.rerank_ids(ids)[0]
+            )
+            relation = relation.reshape(1, -1)
+        result = plan.finish(ids, scores, relation)
+        ids, scores = result.ids[0], result.scores[0]
         found = [(items[int(i)], float(s)) for i, s in zip(ids, scores, strict=True) if int(i) in items]
         results = [self._result(rank, item, score) for rank, (item, score) in enumerate(found, 1)]
         timings["total"] = decode_s + time.perf_counter() - started
@@ -589,4 +592,4 @@ def _wants_reranker(settings: AppSettings) -> bool:
         resolved = resolve_serving(settings.model, settings.gallery, settings.tracking_uri, settings.runs_dir)
     except SbirError:
         return True  # the ingress reports the problem on /readyz; keep the deployment graph complete
-    return "rn_rerank" in get_family(resolved.method).served_modes
+    return get_family(resolved.method).reranks

@@ -132,7 +132,7 @@ def _reranks(model: str | None, cfg) -> bool:
     from sbir.methods import family_of
 
     resolved = resolve_reference(model, cfg.tracking.uri, runs_dir=cfg.run.dir)
-    return "rn_rerank" in family_of(read_checkpoint_meta(resolved.directory).config).served_modes
+    return family_of(read_checkpoint_meta(resolved.directory).config).reranks
 
 
 def query(

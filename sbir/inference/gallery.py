@@ -38,6 +38,7 @@ from torch import nn
 from sbir.config import IndexConfig
 from sbir.errors import SbirError
 from sbir.inference.index import EmbeddingIndex, IndexFileError
+from sbir.inference.search import RERANK_OFFSET, SearchPlan, SearchResult, stable_topk
 from sbir.models.encoding import Encoding
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RERANK_OFFSET = 2.0  # cosine scores lie in [-1, 1]; relation scores in (0, 1) are shifted above them
 FORMAT_NAME = "sbir.gallery"
 FORMAT_VERSION = 1
 META_FILE = "gallery.json"
@@ -70,14 +70,6 @@ class GalleryItem:
     pair_id: str | None = None  # fine-grained key: the photo's own id
 
 
-@dataclass
-class SearchResult:
-    """Top-k gallery ids per query, best first (-1 = no item), with their rank-faithful scores."""
-
-    ids: np.ndarray  # Q x k int64
-    scores: np.ndarray  # Q x k float32
-
-
 @dataclass(frozen=True)
 class Provenance:
     """What a saved gallery was built from, so serving loads exactly what evaluation scored."""
@@ -86,26 +78,6 @@ class Provenance:
     checkpoint: str  # the reference the gallery was built from (path, runs:/, models:/)
     checkpoint_sha256: str  # weights content hash (sbir.checkpoint.weights_sha256)
     model_config: dict[str, Any] = field(default_factory=dict)
-
-
-def merge_reranked(cand_ids: np.ndarray, cand_scores: np.ndarray, relation: np.ndarray, k: int) -> SearchResult:
-    """The ``rn_rerank`` ranking of ANN candidates: the first K (those with relation scores, Q x K) in
-    descending relation score, scoring ``RERANK_OFFSET + r``, then the rest in their ``ret`` order.
-
-    One function for the gallery and the serving re-rank stage, so both rank alike. Missing candidates
-    (id -1, relation NaN) go last.
-    """
-    kk = relation.shape[1]
-    head = np.where(cand_ids[:, :kk] >= 0, relation + RERANK_OFFSET, -np.inf).astype(np.float32)
-    merged = torch.from_numpy(np.concatenate([head, cand_scores[:, kk:].astype(np.float32)], axis=1))
-    order = stable_topk(merged, merged.shape[1]).numpy()
-    ids = np.take_along_axis(cand_ids, order, axis=1)[:, :k]
-    return SearchResult(ids=ids, scores=np.take_along_axis(merged.numpy(), order, axis=1)[:, :k])
-
-
-def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k best per row, ties broken by column index (deterministic, unlike topk)."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -117,6 +89,8 @@ class Gallery:
 
     kind: ClassVar[str] = "embedding"
     modes: ClassVar[tuple[str, ...]] = ("ret",)
+    rerank_mode: ClassVar[str | None] = None  # the two-stage mode (index candidates re-scored), if any
+    exhaustive_mode: ClassVar[str | None] = None  # the mode that scores every (query, photo) pair, if any
 
     def __init__(
         self,
@@ -222,12 +196,23 @@ class Gallery:
     def search(
         self, queries: Encoding, k: int, mode: str = "ret", *, rerank_k: int = 200, pair_batch: int = 1024
     ) -> SearchResult:
-        """Top-k gallery ids per query; the ``ret`` stage is the FAISS index (exact for ``flat``)."""
+        """Top-k gallery ids per query: index candidates (exact for ``flat``), re-scored by the second stage
+        in the re-rank mode, through the one :class:`SearchPlan` the endpoint uses too."""
         self.check_mode(mode)
-        if k < 1:
-            raise GalleryError(f"k must be at least 1, got {k}")
-        scores, ids = self._index_search(queries, min(k, len(self)))
-        return SearchResult(ids=ids, scores=scores)
+        queries = self._queries(queries)
+        plan = SearchPlan.for_mode(k, mode, self.rerank_mode, rerank_k, len(self))
+        if mode == self.exhaustive_mode:
+            return self._exhaustive_search(queries, plan.depth, mode, pair_batch)
+        cand_scores, cand_ids = self._index_search(queries, plan.depth)
+        relation = self.relation_scores(queries, plan.rerank_ids(cand_ids), pair_batch) if plan.rerank else None
+        return plan.finish(cand_ids, cand_scores, relation)
+
+    def _exhaustive_search(self, queries: Encoding, k: int, mode: str, pair_batch: int) -> SearchResult:
+        raise GalleryError(f"a {self.kind} gallery has no exhaustive mode")
+
+    def relation_scores(self, queries: Encoding, ids: np.ndarray, pair_batch: int = 1024) -> np.ndarray:
+        """The second stage's scores of each query with its candidate ids (only galleries with a re-rank mode)."""
+        raise GalleryError(f"a {self.kind} gallery has no second stage to re-score candidates")
 
     def _index_search(self, queries: Encoding, depth: int) -> tuple[np.ndarray, np.ndarray]:
         embeddings = self._queries(queries).retrieval_embeddings().detach().cpu().numpy()
@@ -299,6 +284,8 @@ class RelationGallery(Gallery):
 
     kind: ClassVar[str] = "relation"
     modes: ClassVar[tuple[str, ...]] = ("ret", "rn", "rn_rerank")
+    rerank_mode: ClassVar[str | None] = "rn_rerank"
+    exhaustive_mode: ClassVar[str | None] = "rn"
 
     @torch.no_grad()
     def score_matrix(
@@ -312,10 +299,10 @@ class RelationGallery(Gallery):
     ) -> torch.Tensor:
         self.check_mode(mode)
         queries = self._queries(queries)
-        if mode == "rn":
+        if mode == self.exhaustive_mode:
             return self.model.score_matrix(queries, self.photos, pair_batch=pair_batch, precision=precision)
         ret = self._ret_scores(queries)
-        if mode == "ret":
+        if mode != self.rerank_mode:
             return ret
         candidates = stable_topk(ret, min(rerank_k, len(self)))
         relation = self._relate_candidates(queries, candidates, pair_batch, precision)
@@ -326,7 +313,7 @@ class RelationGallery(Gallery):
     @torch.no_grad()
     def exhaustive_seconds(self, queries: Encoding, mode: str, probe_pairs: int = 64) -> float | None:
         """Exhaustive ``rn`` time, extrapolated from timing the relation head on a few real pairs."""
-        if mode != "rn" or len(self) == 0 or len(queries) == 0:
+        if mode != self.exhaustive_mode or len(self) == 0 or len(queries) == 0:
             return None
         queries = self._queries(queries)
         probe = torch.arange(min(probe_pairs, len(self)), device=self.device).unsqueeze(0)
@@ -355,26 +342,10 @@ class RelationGallery(Gallery):
             )
         return scores.view(q, k)
 
-    @torch.no_grad()
-    def search(
-        self, queries: Encoding, k: int, mode: str = "rn_rerank", *, rerank_k: int = 200, pair_batch: int = 1024
-    ) -> SearchResult:
-        """Top-k ids; ``ret`` and the candidates of ``rn_rerank`` come from the FAISS index."""
-        self.check_mode(mode)
-        if k < 1:
-            raise GalleryError(f"k must be at least 1, got {k}")
-        queries = self._queries(queries)
-        if mode == "rn":
-            scores = self.score_matrix(queries, "rn", pair_batch=pair_batch)
-            rows = stable_topk(scores, min(k, len(self)))
-            return self._pack(rows, scores.gather(1, rows))
-        depth = min(max(k, rerank_k) if mode == "rn_rerank" else k, len(self))
-        cand_scores, cand_ids = self._index_search(queries, depth)
-        if mode == "ret":
-            return SearchResult(ids=cand_ids[:, :k], scores=cand_scores[:, :k])
-        kk = min(rerank_k, cand_ids.shape[1])
-        relation = self.relation_scores(queries, cand_ids[:, :kk], pair_batch)
-        return merge_reranked(cand_ids, cand_scores, relation, k)
+    def _exhaustive_search(self, queries: Encoding, k: int, mode: str, pair_batch: int) -> SearchResult:
+        scores = self.score_matrix(queries, mode, pair_batch=pair_batch)
+        rows = stable_topk(scores, k)
+        return self._pack(rows, scores.gather(1, rows))
 
     @torch.no_grad()
     def relation_scores(self, queries: Encoding, ids: np.ndarray, pair_batch: int = 1024) -> np.ndarray:

@@ -47,11 +47,17 @@ class MethodFamily(ABC):
     gallery: ClassVar[type[Gallery]]  # the gallery implementation that scores its encodings
     explains: ClassVar[bool] = False  # whether `explain` produces attention/correspondence/synthesis images
     exhaustive_modes: ClassVar[tuple[str, ...]] = ()  # modes that score every gallery item (never served)
+    rerank_mode: ClassVar[str | None] = None  # the two-stage mode: index candidates, re-scored by a second stage
 
     @property
     def served_modes(self) -> tuple[str, ...]:
         """The modes an endpoint answers: the indexed ones (an exhaustive mode scales with the gallery)."""
         return tuple(m for m in self.modes if m not in self.exhaustive_modes)
+
+    @property
+    def reranks(self) -> bool:
+        """Whether an endpoint for this method needs a second, re-scoring stage after the index."""
+        return self.rerank_mode is not None and self.rerank_mode in self.served_modes
 
     # ----------------------------------------------------------------- model
     @abstractmethod

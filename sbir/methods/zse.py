@@ -55,6 +55,7 @@ class ZSEFamily(MethodFamily):
     gallery = RelationGallery
     explains = True
     exhaustive_modes = ("rn",)  # the relation head on every (sketch, photo) pair: an explicit request only
+    rerank_mode = "rn_rerank"  # top-K by [Ret] from the index, re-scored by the relation head
 
     def build_model(self, cfg: ModelConfig, class_names: Sequence[str] | None = None, load_pretrained: bool = True):
         from sbir.models.zse import ZSESBIR
