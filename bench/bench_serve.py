@@ -98,11 +98,10 @@ def in_process_floor(checkpoint: Path, gallery_dir: str, sketches: list[bytes], 
 
     from sbir.config import ServeConfig
     from sbir.inference.encoder import Encoder
-    from sbir.inference.gallery import load_gallery
     from serve.requests import decode_image
 
     encoder = Encoder.from_checkpoint(checkpoint, device="cpu")
-    gallery = load_gallery(gallery_dir, encoder.model, encoder.family)
+    gallery = encoder.open_gallery(gallery_dir)
     limits = ServeConfig()
     times = []
     for i in range(repeat):

@@ -25,7 +25,8 @@ from sbir.checkpoint import load_checkpoint, read_checkpoint_meta, weights_sha25
 from sbir.config import Config
 from sbir.errors import SbirError
 from sbir.inference.encoder import resolve_device
-from sbir.inference.gallery import Provenance, items_from_rows, write_images
+from sbir.inference.gallery import items_from_rows
+from sbir.inference.saved_gallery import Provenance, save_gallery, write_images
 from sbir.methods import family_of
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def build_gallery(
     )
     local = Path(out) if not storage.is_s3(out) else Path(tempfile.mkdtemp(prefix="sbir-gallery-"))
     try:
-        gallery.save(local, provenance)
+        save_gallery(gallery, local, provenance)
         write_images(local, {item.id: bytes(data) for item, data in zip(items, rows["image"], strict=True)})
         if storage.is_s3(out):
             _upload(local, out)

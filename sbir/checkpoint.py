@@ -6,7 +6,6 @@ the class lists (seen / validation / unseen), the method and preset, metrics and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from sbir.config import RUNTIME_SECTIONS, Config, ConfigError, build_config
-from sbir.errors import SbirError
+from sbir.errors import CheckpointError
+from sbir.files import sha256_file, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ META_FILE = "checkpoint.json"
 
 # Config keys that moved since format 1 was first written: old checkpoints are read with them renamed.
 _MOVED_KEYS = {("serve", "index_type"): ("index", "kind")}
-
-
-class CheckpointError(SbirError):
-    """A checkpoint directory is missing, incomplete or inconsistent."""
 
 
 @dataclass
@@ -84,9 +80,7 @@ def save_checkpoint(
         "metrics": metrics or {},
         "extra": extra or {},
     }
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False))
-    tmp.replace(meta_path)
+    write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=False))
     logger.debug("saved %s checkpoint to %s", config.model.method, directory)
     return directory
 
@@ -151,11 +145,7 @@ def weights_sha256(directory: str | Path) -> str:
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:

@@ -52,6 +52,10 @@ class UsageError(SbirError, ValueError):
     exit_code = 2
 
 
+class CheckpointError(SbirError):
+    """A checkpoint directory or file is missing, incomplete or inconsistent."""
+
+
 class DeviceError(SbirError):
     """A requested device (e.g. ``cuda``) or cluster resource is not available."""
 

@@ -24,7 +24,8 @@ from ray.serve.handle import DeploymentHandle
 
 from sbir.config import Config, ServeConfig
 from sbir.errors import SbirError
-from sbir.inference.gallery import GalleryItem, find_image
+from sbir.inference.gallery import GalleryItem
+from sbir.inference.saved_gallery import find_image
 from sbir.inference.search import SearchPlan
 from sbir.methods import get_family
 from serve.deployments import EncodeRequest, GalleryIndex, Reranker, SketchEncoder

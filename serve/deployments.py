@@ -13,15 +13,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 from PIL import Image
 from ray import serve
 
-from sbir.inference.gallery import GalleryItem, find_image
-from serve.journal import Journal
+from sbir.inference.gallery import GalleryItem
+from sbir.inference.saved_gallery import Journal, find_image
 from serve.model import ServingModel
+
+if TYPE_CHECKING:
+    from sbir.inference.gallery import Gallery
+    from sbir.inference.index import EmbeddingIndex
+    from sbir.inference.transforms import ImageTransform
+    from sbir.methods import MethodFamily
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +116,27 @@ class SearchHits:
 
 @dataclass
 class IndexState:
-    index: Any  # EmbeddingIndex
+    """One version's index and items, and how far into the gallery's journal they are."""
+
+    index: EmbeddingIndex
     items: dict[int, GalleryItem]
     journal: Journal
-    family: Any
+    family: MethodFamily
     applied: int = 0
+
+    def sync(self) -> None:
+        """Apply the journal entries this replica has not seen."""
+        self.applied = self.journal.replay(self.applied, self._add, self._remove)
+
+    def _add(self, arrays: dict[str, np.ndarray], items: list[GalleryItem]) -> None:
+        embeddings = self.family.encoding.from_arrays(arrays).retrieval_embeddings().numpy()
+        self.index.add(embeddings, np.asarray([item.id for item in items], dtype=np.int64))
+        self.items |= {item.id: item for item in items}
+
+    def _remove(self, ids: list[int]) -> None:
+        self.index.remove(np.asarray(ids, dtype=np.int64), missing_ok=True)
+        for gallery_id in ids:
+            self.items.pop(gallery_id, None)
 
 
 @serve.deployment(name="GalleryIndex")
@@ -125,35 +147,17 @@ class GalleryIndex:
         self.states = Loaded(self._open)
 
     def _open(self, model: ServingModel) -> IndexState:
-        import json
-        from pathlib import Path
-
-        from sbir.inference.index import EmbeddingIndex
+        from sbir.inference.saved_gallery import load_index, read_items
         from sbir.methods import get_family
 
-        root = Path(model.gallery_dir)
-        items = [GalleryItem(**json.loads(line)) for line in (root / "items.jsonl").read_text().splitlines() if line]
-        state = IndexState(
-            EmbeddingIndex.load(root / "index"), {i.id: i for i in items}, Journal(root), get_family(model.method)
-        )
-        self._sync(state)
+        items = {item.id: item for item in read_items(model.gallery_dir)}
+        state = IndexState(load_index(model.gallery_dir), items, Journal(model.gallery_dir), get_family(model.method))
+        state.sync()
         return state
-
-    def _sync(self, state: IndexState) -> None:
-        for entry in state.journal.entries(state.applied):
-            if entry.op == "add":
-                embeddings = state.family.encoding.from_arrays(entry.arrays).retrieval_embeddings().numpy()
-                state.index.add(embeddings, np.asarray([i.id for i in entry.items], dtype=np.int64))
-                state.items |= {item.id: item for item in entry.items}
-            else:
-                state.index.remove(np.asarray(entry.ids, dtype=np.int64), missing_ok=True)
-                for gallery_id in entry.ids:
-                    state.items.pop(gallery_id, None)
-            state.applied = entry.seq
 
     def _state(self, model: ServingModel) -> IndexState:
         state = self.states.get(model)
-        self._sync(state)
+        state.sync()
         return state
 
     async def load(self, model: ServingModel) -> int:
@@ -181,7 +185,7 @@ class GalleryIndex:
         """Journal the photos and their encodings (the ingress checked that the gallery is writable)."""
         state = self._state(model)
         items = state.journal.add(photos, arrays)
-        self._sync(state)
+        state.sync()
         return items
 
     async def remove(self, model: ServingModel, gallery_id: int) -> bool:
@@ -190,7 +194,7 @@ class GalleryIndex:
         if gallery_id not in state.items:
             return False
         state.journal.remove([gallery_id])
-        self._sync(state)
+        state.sync()
         return True
 
     async def info(self, model: ServingModel) -> dict[str, Any]:
@@ -200,11 +204,26 @@ class GalleryIndex:
 
 @dataclass
 class RerankState:
-    gallery: Any  # RelationGallery
-    transform: Any
+    """One version's gallery (with the photos' cached tokens), and how far into its journal it is."""
+
+    gallery: Gallery
+    transform: ImageTransform
     journal: Journal
-    family: Any
+    family: MethodFamily
     applied: int = 0
+
+    def sync(self) -> None:
+        """Apply the journal entries this replica has not seen."""
+        self.applied = self.journal.replay(self.applied, self._add, self._remove)
+
+    def _add(self, arrays: dict[str, np.ndarray], items: list[GalleryItem]) -> None:
+        self.gallery.add(self.family.encoding.from_arrays(arrays), items)
+
+    def _remove(self, ids: list[int]) -> None:
+        known = set(self.gallery.ids.tolist())
+        present = [i for i in ids if i in known]
+        if present:
+            self.gallery.remove(present)
 
 
 @serve.deployment(name="Reranker")
@@ -220,28 +239,16 @@ class Reranker:
 
     def _open(self, model: ServingModel) -> RerankState:
         from sbir.inference.encoder import Encoder
-        from sbir.inference.gallery import load_gallery
 
         encoder = Encoder.from_checkpoint(model.checkpoint_dir, device=self.device)
-        gallery = load_gallery(model.gallery_dir, encoder.model, encoder.family, checkpoint_sha256=model.weights_sha256)
+        gallery = encoder.open_gallery(model.gallery_dir, checkpoint_sha256=model.weights_sha256)
         state = RerankState(gallery, encoder.transform, Journal(model.gallery_dir), encoder.family)
-        self._sync(state)
+        state.sync()
         return state
-
-    def _sync(self, state: RerankState) -> None:
-        for entry in state.journal.entries(state.applied):
-            if entry.op == "add":
-                state.gallery.add(state.family.encoding.from_arrays(entry.arrays), list(entry.items))
-            else:
-                known = set(state.gallery.ids.tolist())
-                present = [i for i in entry.ids if i in known]
-                if present:
-                    state.gallery.remove(present)
-            state.applied = entry.seq
 
     def _state(self, model: ServingModel) -> RerankState:
         state = self.states.get(model)
-        self._sync(state)
+        state.sync()
         return state
 
     async def load(self, model: ServingModel) -> None:

@@ -18,7 +18,8 @@ from pipelines import storage
 from pipelines.tracking import GALLERY_ARTIFACT, ResolvedCheckpoint, resolve_reference
 from sbir.checkpoint import read_checkpoint_meta, weights_sha256
 from sbir.errors import SbirError
-from sbir.inference.gallery import GalleryError, read_gallery_meta
+from sbir.inference.gallery import GalleryError
+from sbir.inference.saved_gallery import read_gallery_meta
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,9 @@ def resolve_serving(
     except GalleryError as exc:
         raise ServingError(f"gallery {source}: {exc}") from exc
     sha = weights_sha256(resolved.directory)
-    built_for = gallery_meta["provenance"]["checkpoint_sha256"]
-    if built_for != sha:
+    if gallery_meta.provenance.checkpoint_sha256 != sha:
         raise ServingError(
-            f"gallery {source} was built for other weights ({gallery_meta['provenance']['checkpoint']}) than "
+            f"gallery {source} was built for other weights ({gallery_meta.provenance.checkpoint}) than "
             f"{model}; rebuild it with `sbir index build --checkpoint {model}`"
         )
     return ServingModel(

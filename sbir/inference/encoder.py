@@ -15,6 +15,8 @@ from PIL import Image
 from torch import nn
 
 from sbir.errors import DeviceError
+from sbir.inference.gallery import Gallery
+from sbir.inference.saved_gallery import load_gallery
 from sbir.inference.transforms import ImageTransform
 from sbir.methods import MethodFamily, family_of
 from sbir.models.encoding import Encoding
@@ -86,3 +88,14 @@ class Encoder:
     def encode_bytes(self, data: Sequence[bytes], modality: str) -> Encoding:
         """Encoded image files (PNG, JPEG …) -> encoding."""
         return self.encode(torch.stack([self.transform.decode(item, modality) for item in data]), modality)
+
+    def open_gallery(self, directory: str | Path, *, checkpoint_sha256: str | None = None) -> Gallery:
+        """A saved gallery of this model's method, scored with this model (``checkpoint_sha256``: the weights
+        it must have been built with)."""
+        return load_gallery(
+            directory,
+            self.model,
+            method=self.family.name,
+            encoding=self.family.encoding,
+            checkpoint_sha256=checkpoint_sha256,
+        )

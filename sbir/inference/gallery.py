@@ -12,47 +12,29 @@ Every gallery encodes and scores where its model is (its device): photos and que
 score matrices stay there until the caller asks for them. Score matrices are rank-faithful (higher =
 better): under ``rn_rerank`` a re-ranked photo scores ``RERANK_OFFSET + r``, above every cosine.
 
-A saved gallery is a self-describing directory: ``gallery.json`` (format version, kind, method,
-checkpoint reference and weights hash, model config, index config, count, a SHA-256 per file),
-``items.jsonl`` (id, source path, class, pair id per photo), ``encoding.safetensors`` (what the
-gallery's kind scores with) and ``index/`` (the FAISS index). Loading checks every checksum and, when
-given, that the model's weights are the ones the gallery was built with.
+Searches run through :class:`sbir.inference.search.SearchPlan`; saving and loading a gallery folder is
+``sbir.inference.saved_gallery``'s job.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from sbir.config import IndexConfig
 from sbir.errors import SbirError
-from sbir.inference.index import EmbeddingIndex, IndexFileError
+from sbir.inference.index import EmbeddingIndex
 from sbir.inference.search import RERANK_OFFSET, SearchPlan, SearchResult, stable_topk
 from sbir.models.encoding import Encoding
 
-if TYPE_CHECKING:
-    from sbir.methods.base import MethodFamily
-
 logger = logging.getLogger(__name__)
-
-FORMAT_NAME = "sbir.gallery"
-FORMAT_VERSION = 1
-META_FILE = "gallery.json"
-ITEMS_FILE = "items.jsonl"
-ENCODING_FILE = "encoding.safetensors"
-INDEX_DIR = "index"
-IMAGES_DIR = "images"  # optional: the photos themselves, `<id>.<ext>`, for serving them back
 
 
 class GalleryError(SbirError, ValueError):
@@ -68,16 +50,6 @@ class GalleryItem:
     class_name: str | None = None
     class_id: int = -1  # -1 = no class (a user's own photo collection)
     pair_id: str | None = None  # fine-grained key: the photo's own id
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What a saved gallery was built from, so serving loads exactly what evaluation scored."""
-
-    method: str
-    checkpoint: str  # the reference the gallery was built from (path, runs:/, models:/)
-    checkpoint_sha256: str  # weights content hash (sbir.checkpoint.weights_sha256)
-    model_config: dict[str, Any] = field(default_factory=dict)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -247,37 +219,6 @@ class Gallery:
         self.ids = self.ids[keep]
         return len(rows)
 
-    # ----------------------------------------------------------------- persistence
-    def save(self, directory: str | Path, provenance: Provenance) -> Path:
-        """Write the gallery as a self-describing directory; ``gallery.json`` goes last, so a half-written
-        gallery never looks complete."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        meta_path = out / META_FILE
-        meta_path.unlink(missing_ok=True)
-        lines = [json.dumps(asdict(item), sort_keys=True) for item in self.items]
-        (out / ITEMS_FILE).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        arrays = {k: np.ascontiguousarray(v) for k, v in self.photos.to_arrays().items()}
-        save_file(arrays, str(out / ENCODING_FILE))
-        self.index.save(out / INDEX_DIR)
-        files = [ITEMS_FILE, ENCODING_FILE, f"{INDEX_DIR}/index.faiss", f"{INDEX_DIR}/index.json"]
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "kind": self.kind,
-            "modes": list(self.modes),
-            "count": len(self),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "provenance": asdict(provenance),
-            "index": self.index_config.model_dump(mode="json"),
-            "files": {name: _sha256(out / name) for name in files},
-        }
-        tmp = meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(meta_path)
-        logger.info("saved a %s gallery of %d photos to %s", self.kind, len(self), out)
-        return out
-
 
 class RelationGallery(Gallery):
     """ZSE-SBIR: the bi-encoder gallery of [Ret] embeddings plus cached photo tokens for relation scores."""
@@ -371,70 +312,6 @@ def _check_ids(ids: np.ndarray) -> None:
         raise GalleryError(f"gallery ids must be unique; repeated: {uniq[counts > 1][:10].tolist()}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_gallery_meta(directory: str | Path) -> dict[str, Any]:
-    """The checked ``gallery.json`` of a saved gallery (every file's checksum verified)."""
-    root = Path(directory)
-    meta_path = root / META_FILE
-    if not meta_path.is_file():
-        raise GalleryError(f"{root} is not a saved gallery: {META_FILE} is missing")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GalleryError(f"{meta_path}: unreadable ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise GalleryError(f"{meta_path} is not an {FORMAT_NAME} file")
-    if meta.get("version") != FORMAT_VERSION:
-        raise GalleryError(f"{meta_path}: format version {meta.get('version')!r}, this sbir reads {FORMAT_VERSION}")
-    if meta.get("kind") not in GALLERY_KINDS:
-        raise GalleryError(f"{meta_path}: unknown gallery kind {meta.get('kind')!r}")
-    for name, expected in (meta.get("files") or {}).items():
-        path = root / name
-        if not path.is_file():
-            raise GalleryError(f"{root}: {name} is missing")
-        if _sha256(path) != expected:
-            raise GalleryError(f"{path} does not match its checksum in {META_FILE}: the gallery is corrupt")
-    return meta
-
-
-def load_gallery(
-    directory: str | Path,
-    model: nn.Module,
-    family: MethodFamily,
-    *,
-    checkpoint_sha256: str | None = None,
-) -> Gallery:
-    """Load a saved gallery for ``model`` (checked: format, checksums, method and, if given, the weights)."""
-    root = Path(directory)
-    meta = read_gallery_meta(root)
-    provenance = Provenance(**meta["provenance"])
-    if provenance.method != family.name:
-        raise GalleryError(f"{root} was built for method {provenance.method!r}, not {family.name!r}")
-    if checkpoint_sha256 is not None and provenance.checkpoint_sha256 != checkpoint_sha256:
-        raise GalleryError(
-            f"{root} was built with other weights ({provenance.checkpoint}, sha256 "
-            f"{provenance.checkpoint_sha256[:12]}…) than the model being loaded ({checkpoint_sha256[:12]}…); "
-            "rebuild it with `sbir index build` for this checkpoint"
-        )
-    items = [GalleryItem(**json.loads(line)) for line in (root / ITEMS_FILE).read_text().splitlines() if line]
-    photos = family.encoding.from_arrays(load_file(str(root / ENCODING_FILE)))
-    try:
-        index = EmbeddingIndex.load(root / INDEX_DIR)
-    except (IndexFileError, FileNotFoundError) as exc:
-        raise GalleryError(f"{root}: {exc}") from exc
-    cls = GALLERY_KINDS[meta["kind"]]
-    gallery = cls(model, photos, items, IndexConfig.model_validate(meta["index"]), index=index)
-    logger.info("loaded a %s gallery of %d photos from %s", gallery.kind, len(gallery), root)
-    return gallery
-
-
 def items_from_rows(rows: Mapping[str, np.ndarray], class_names: Mapping[int, str] | None = None) -> list[GalleryItem]:
     """Gallery items from column arrays (``path``, optional ``class_id``, ``pair_id``); ids are the row numbers."""
     paths = rows["path"]
@@ -447,30 +324,3 @@ def items_from_rows(rows: Mapping[str, np.ndarray], class_names: Mapping[int, st
         pair = str(pair_ids[i]) if pair_ids is not None and pair_ids[i] else None
         items.append(GalleryItem(i, str(path), names.get(cid), cid, pair))
     return items
-
-
-_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
-
-
-def image_suffix(data: bytes) -> str:
-    """The file suffix of encoded image bytes, from their magic number."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    for magic, suffix in _MAGIC:
-        if data.startswith(magic):
-            return suffix
-    raise GalleryError("not a PNG, JPEG, WebP, GIF or BMP image")
-
-
-def write_images(directory: str | Path, images: Mapping[int, bytes]) -> None:
-    """Store gallery photos as ``images/<id>.<ext>`` (names from the integer id only, never from a request)."""
-    folder = Path(directory) / IMAGES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for gallery_id, data in images.items():
-        (folder / f"{int(gallery_id)}{image_suffix(data)}").write_bytes(data)
-
-
-def find_image(directory: str | Path, gallery_id: int) -> Path | None:
-    """The stored photo of a gallery id, or None."""
-    matches = sorted((Path(directory) / IMAGES_DIR).glob(f"{int(gallery_id)}.*"))
-    return matches[0] if matches else None

@@ -38,7 +38,6 @@ serving process and in plain unit tests alike.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ import faiss
 import numpy as np
 
 from sbir.errors import SbirError
+from sbir.files import sha256_file, write_atomic
 
 __all__ = ["FORMAT_VERSION", "EmbeddingIndex", "IndexFileError", "IndexKind"]
 
@@ -103,26 +103,6 @@ def _as_ids(ids: Any, *, name: str = "ids") -> np.ndarray:
     if negative.size:
         raise ValueError(f"{name} must be non-negative (-1 marks 'no result'); offending ids: {_fmt_ids(negative)}")
     return arr
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + rename so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class EmbeddingIndex:
@@ -515,7 +495,7 @@ class EmbeddingIndex:
         tmp = Path(tmp_name)
         try:
             faiss.write_index(self._index, str(tmp))
-            checksum = _sha256(tmp)
+            checksum = sha256_file(tmp)
             os.replace(tmp, index_path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -533,7 +513,7 @@ class EmbeddingIndex:
             "index_sha256": checksum,
             "faiss_version": faiss.__version__,
         }
-        _atomic_write_bytes(directory / SIDECAR_FILENAME, (json.dumps(sidecar, indent=2) + "\n").encode())
+        write_atomic(directory / SIDECAR_FILENAME, (json.dumps(sidecar, indent=2) + "\n").encode())
         logger.info("saved %r to %s", self, directory)
         return directory
 
@@ -555,7 +535,7 @@ class EmbeddingIndex:
         index_path = directory / INDEX_FILENAME
         if not index_path.is_file():
             raise FileNotFoundError(f"missing FAISS index file {index_path}")
-        if _sha256(index_path) != meta["index_sha256"]:
+        if sha256_file(index_path) != meta["index_sha256"]:
             raise IndexFileError(
                 f"{index_path} does not match the checksum in {sidecar_path}: the file is corrupt "
                 "or from a different save"

@@ -82,14 +82,15 @@ def build_local_gallery(checkpoint: Path, photos: list[Path], out: Path) -> Path
     from sbir.checkpoint import weights_sha256
     from sbir.config import IndexConfig
     from sbir.inference.encoder import Encoder
-    from sbir.inference.gallery import GalleryItem, Provenance, write_images
+    from sbir.inference.gallery import GalleryItem
+    from sbir.inference.saved_gallery import Provenance, save_gallery, write_images
 
     encoder = Encoder.from_checkpoint(checkpoint, device="cpu")
     data = [p.read_bytes() for p in photos]
     encoding = encoder.encode_bytes(data, "photo")
     items = [GalleryItem(i, str(p), p.parent.name) for i, p in enumerate(photos)]
     gallery = encoder.family.gallery(encoder.model, encoding, items, IndexConfig())
-    gallery.save(out, Provenance(encoder.family.name, str(checkpoint), weights_sha256(checkpoint), {}))
+    save_gallery(gallery, out, Provenance(encoder.family.name, str(checkpoint), weights_sha256(checkpoint), {}))
     write_images(out, dict(enumerate(data)))
     return out
 
@@ -97,9 +98,9 @@ def build_local_gallery(checkpoint: Path, photos: list[Path], out: Path) -> Path
 def offline_ids(checkpoint: Path, gallery_dir: Path, sketch: Path) -> list[int]:
     """The gallery ids in the order the offline `ret` score row of one sketch ranks them."""
     from sbir.inference.encoder import Encoder
-    from sbir.inference.gallery import load_gallery, stable_topk
+    from sbir.inference.search import stable_topk
 
     encoder = Encoder.from_checkpoint(checkpoint, device="cpu")
-    gallery = load_gallery(gallery_dir, encoder.model, encoder.family)
+    gallery = encoder.open_gallery(gallery_dir)
     scores = gallery.score_matrix(encoder.encode_bytes([sketch.read_bytes()], "sketch"), "ret")
     return gallery.ids[stable_topk(scores, scores.shape[1]).numpy()[0]].tolist()

@@ -76,11 +76,11 @@ def _offline(served: Served, sketch_paths: list[Path], mode: str, rerank_k: int)
     import torch
 
     from sbir.inference.encoder import Encoder
-    from sbir.inference.gallery import load_gallery, stable_topk
+    from sbir.inference.search import stable_topk
 
     gallery_dir = _served_gallery(served)
     encoder = Encoder.from_checkpoint(served.checkpoints[-1], device="cpu")
-    gallery = load_gallery(gallery_dir, encoder.model, encoder.family)
+    gallery = encoder.open_gallery(gallery_dir)
     queries = encoder.encode_bytes([p.read_bytes() for p in sketch_paths], "sketch")
     scores = gallery.score_matrix(queries, mode, rerank_k=rerank_k)
     order = stable_topk(scores, scores.shape[1]).numpy()
@@ -332,7 +332,7 @@ def test_index_build_from_a_plain_folder_of_images(served, tmp_path):
     from typer.testing import CliRunner
 
     from sbir.cli import app
-    from sbir.inference.gallery import find_image, read_gallery_meta
+    from sbir.inference.saved_gallery import find_image, read_gallery_meta
 
     folder = tmp_path / "my photos"
     (folder / "holiday").mkdir(parents=True)
@@ -346,7 +346,7 @@ def test_index_build_from_a_plain_folder_of_images(served, tmp_path):
     assert "5 photos" in result.output and "images/s" in result.output
     meta = read_gallery_meta(out)
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
-    assert meta["count"] == 5 and meta["kind"] == "relation"
+    assert meta.count == 5 and meta.kind == "relation"
     assert sorted(i["path"] for i in items) == ["holiday/p1.jpg", "holiday/p3.jpg", "p0.jpg", "p2.jpg", "p4.jpg"]
     assert all(i["class_name"] is None for i in items) and find_image(out, items[0]["id"]) is not None
     again = CliRunner().invoke(app, args)

@@ -155,12 +155,14 @@ def test_sbir_eval_cli_reports_every_mode_for_a_checkpoint(synth_prepared, tmp_p
     from pipelines.prepare import read_manifest
     from sbir.checkpoint import save_checkpoint
     from sbir.cli import app
-    from sbir.models import build_model
+    from sbir.methods import family_of
 
     config = _config(synth_prepared, tmp_path / "runs", "synthetic_zse")
     seen = read_manifest(str(synth_prepared / "prepared")).classes.train
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(config.model), config, classes={"seen": seen})
+    checkpoint = save_checkpoint(
+        tmp_path / "ckpt", family_of(config).build_model(config.model), config, classes={"seen": seen}
+    )
     out = tmp_path / "report"
     caplog.set_level(logging.INFO, logger="sbir.inference.evaluate")
     args = ["eval", "--checkpoint", str(checkpoint), "--prepared", str(synth_prepared / "prepared"), "--out", str(out)]

@@ -9,13 +9,13 @@ import torch
 
 from sbir.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from sbir.config import load_config
-from sbir.models import build_model
+from sbir.methods import family_of
 
 
 def _roundtrip(tmp_path, preset: str, images: torch.Tensor, **extra_overrides):
     cfg = load_config(preset, [f"{k}={v}" for k, v in extra_overrides.items()])
     torch.manual_seed(3)
-    model = build_model(cfg.model, class_names=["cat", "teddy_bear"]).eval()
+    model = family_of(cfg).build_model(cfg.model, class_names=["cat", "teddy_bear"]).eval()
     path = save_checkpoint(
         tmp_path / "ckpt",
         model,

@@ -11,16 +11,9 @@ import torch
 
 from sbir.config import IndexConfig, load_config
 from sbir.inference.encoder import Encoder
-from sbir.inference.gallery import (
-    RERANK_OFFSET,
-    Gallery,
-    GalleryError,
-    GalleryItem,
-    Provenance,
-    RelationGallery,
-    load_gallery,
-    stable_topk,
-)
+from sbir.inference.gallery import Gallery, GalleryError, GalleryItem, RelationGallery
+from sbir.inference.saved_gallery import Provenance, load_gallery, save_gallery
+from sbir.inference.search import RERANK_OFFSET, stable_topk
 from sbir.methods import family_of, get_family, registered
 
 
@@ -144,9 +137,11 @@ def test_each_family_round_trips_build_encode_save_load_search(name, toy_batch, 
     config, family, model, _, queries, photos, labels = _family_setup(name, toy_batch)
     gallery = family.gallery(model, photos, _items(range(len(photos)), labels), config.index)
     provenance = Provenance(family.name, "ckpt/best", "ab" * 32, config.model.model_dump(mode="json"))
-    gallery.save(tmp_path / "gallery", provenance)
+    save_gallery(gallery, tmp_path / "gallery", provenance)
 
-    loaded = load_gallery(tmp_path / "gallery", model, family, checkpoint_sha256="ab" * 32)
+    loaded = load_gallery(
+        tmp_path / "gallery", model, method=family.name, encoding=family.encoding, checkpoint_sha256="ab" * 32
+    )
     assert type(loaded) is type(gallery) and loaded.items == gallery.items
     for mode in family.modes:
         before = gallery.search(queries, k=5, mode=mode, rerank_k=6)
@@ -205,7 +200,14 @@ def test_add_and_remove_photos(zse_gallery):
 
 def _saved(zse_gallery, tmp_path):
     gallery, _ = zse_gallery
-    return gallery.save(tmp_path / "g", Provenance("zse", "ckpt", "cd" * 32, {}))
+    return save_gallery(gallery, tmp_path / "g", Provenance("zse", "ckpt", "cd" * 32, {}))
+
+
+def _load(root, gallery, method: str, checkpoint_sha256: str | None = None):
+    family = get_family(method)
+    return load_gallery(
+        root, gallery.model, method=family.name, encoding=family.encoding, checkpoint_sha256=checkpoint_sha256
+    )
 
 
 def test_a_corrupt_saved_gallery_is_refused(zse_gallery, tmp_path):
@@ -215,20 +217,20 @@ def test_a_corrupt_saved_gallery_is_refused(zse_gallery, tmp_path):
         fh.seek(200)
         fh.write(b"\x00\x01\x02")
     with pytest.raises(GalleryError, match="checksum"):
-        load_gallery(root, gallery.model, get_family("zse"))
+        _load(root, gallery, "zse")
 
 
 def test_a_gallery_built_with_other_weights_or_method_is_refused(zse_gallery, tmp_path):
     gallery, _ = zse_gallery
     root = _saved(zse_gallery, tmp_path)
     with pytest.raises(GalleryError, match="other weights"):
-        load_gallery(root, gallery.model, get_family("zse"), checkpoint_sha256="ef" * 32)
+        _load(root, gallery, "zse", checkpoint_sha256="ef" * 32)
     with pytest.raises(GalleryError, match="built for method 'zse'"):
-        load_gallery(root, gallery.model, get_family("clip_at"))
+        _load(root, gallery, "clip_at")
     meta = json.loads((root / "gallery.json").read_text())
     (root / "gallery.json").write_text(json.dumps(meta | {"version": 99}))
     with pytest.raises(GalleryError, match="format version 99"):
-        load_gallery(root, gallery.model, get_family("zse"))
+        _load(root, gallery, "zse")
 
 
 # --------------------------------------------------------------------------- devices

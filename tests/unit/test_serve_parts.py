@@ -72,18 +72,19 @@ def test_base64_strokes_and_numbers_are_checked():
 def _saved_gallery(tmp_path, count: int = 3):
     import torch
 
-    from sbir.inference.gallery import Gallery, GalleryItem, Provenance
+    from sbir.inference.gallery import Gallery, GalleryItem
+    from sbir.inference.saved_gallery import Provenance, save_gallery
     from sbir.models.encoding import EmbeddingEncoding
 
     model = torch.nn.Linear(1, 1)
     photos = EmbeddingEncoding(torch.nn.functional.normalize(torch.randn(count, 4), dim=1))
     items = [GalleryItem(i, f"p{i}.png", "cat", 0) for i in range(count)]
-    Gallery(model, photos, items).save(tmp_path, Provenance("clip_at", "ref", "0" * 64))
+    save_gallery(Gallery(model, photos, items), tmp_path, Provenance("clip_at", "ref", "0" * 64))
     return tmp_path
 
 
 def test_the_journal_orders_entries_never_reuses_ids_and_is_shared_by_readers(tmp_path):
-    from serve.journal import Journal
+    from sbir.inference.saved_gallery import Journal
 
     root = _saved_gallery(tmp_path)
     writer, reader = Journal(root), Journal(root)

@@ -55,11 +55,11 @@ def checkpoint(tmp_path_factory) -> Path:
 
     from sbir.checkpoint import save_checkpoint
     from sbir.config import load_config
-    from sbir.models import build_model
+    from sbir.methods import family_of
 
     cfg = load_config("synthetic_zse")
     torch.manual_seed(0)
-    model = build_model(cfg.model, load_pretrained=False)
+    model = family_of(cfg).build_model(cfg.model, load_pretrained=False)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "zse", model, cfg, metrics={"map_all_voc": 0.1})
 
 

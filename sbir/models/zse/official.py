@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbir.checkpoint import CheckpointError
+from sbir.errors import CheckpointError
 from sbir.models.zse.model import ZSESBIR
 
 
