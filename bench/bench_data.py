@@ -35,7 +35,7 @@ from pipelines.streams import epoch_shards, iter_epoch, training_metadata
 from sbir.data.batches import BatchSpec
 from sbir.data.readers import read_split
 from sbir.data.synth import write_synthetic_dataset
-from sbir.inference.transforms import ImageTransform
+from sbir.methods.zse import ZSEFamily
 
 SECTION = "## Data"
 
@@ -72,7 +72,7 @@ def consume(shards: list[ray.data.Dataset]) -> int:
 def stream(prepared: str, args: argparse.Namespace, label: str, cache_budget: int | None) -> StreamRun:
     """Stream `args.epochs` epochs (metadata read once, as `pipelines.train.build_trainer` does)."""
     spec = BatchSpec(classes_per_batch=args.classes_per_batch, items_per_class=args.items_per_class)
-    transform = ImageTransform(kind="zse", size=args.image_size)
+    transform = ZSEFamily.transform_for(args.image_size)
     meta = training_metadata(prepared)
     seconds, images = [], 0
     for epoch in range(args.epochs):

@@ -35,8 +35,8 @@ from sbir.data.readers import read_split
 from sbir.data.synth import category_catalogue, write_synthetic_dataset
 from sbir.inference.encoder import Encoder
 from sbir.inference.gallery import GalleryItem, RelationGallery
-from sbir.inference.transforms import ImageTransform
 from sbir.methods import get_family
+from sbir.methods.zse import ZSEFamily
 from sbir.metrics import compute_metrics
 from sbir.models.zse import ZSESBIR
 
@@ -84,7 +84,7 @@ def synthetic_images(args: argparse.Namespace, size: int, work: Path, exclude: s
     )
     print(f"synthetic dataset written in {summary.seconds:.1f} s")
     split = read_split("synthetic", root, "zeroshot1", val_fraction=0.0)
-    transform = ImageTransform("zse", size)
+    transform = ZSEFamily.transform_for(size)
 
     def load(modality: str):
         records = sorted(  # every role: seen/unseen in this split means nothing to the benchmarked model
@@ -189,7 +189,7 @@ def main() -> None:
         raise SystemExit(f"only {len(photos)} photos for a gallery of {max(args.galleries)}")
 
     t0 = time.perf_counter()
-    encoder = Encoder(model, get_family("zse"), ImageTransform("zse", size))
+    encoder = Encoder(model, get_family("zse"), ZSEFamily.transform_for(size))
     query_enc = encoder.encode(sketches, "sketch")
     photo_enc = encoder.encode(photos[: max(args.galleries)], "photo")
     encode_s = time.perf_counter() - t0
@@ -213,10 +213,11 @@ def main() -> None:
         if args.rn_max_pairs and n_q * g > args.rn_max_pairs:
             rn_queries = np.sort(stratified_order(sketch_labels)[: max(1, args.rn_max_pairs // g)])
         for name, mode, k, pairs in modes:
-            queries = rn_queries if mode == "rn" else np.arange(n_q)
+            exhaustive = mode == gallery.exhaustive_mode
+            queries = rn_queries if exhaustive else np.arange(n_q)
             before = load1()
             times = []
-            for _ in range(1 if mode == "rn" else max(1, args.repeat)):
+            for _ in range(1 if exhaustive else max(1, args.repeat)):
                 t0 = time.perf_counter()
                 scores = gallery.score_matrix(
                     query_enc.select(torch.from_numpy(queries)), mode, rerank_k=k or 200, pair_batch=args.pair_batch

@@ -38,7 +38,7 @@ from torch import nn
 from sbir.config import Config, load_config
 from sbir.data.readers import read_split
 from sbir.data.synth import write_synthetic_dataset
-from sbir.inference.transforms import ImageTransform
+from sbir.inference.transforms import Geometry, ImageTransform
 from sbir.methods import MethodFamily, family_of
 from sbir.metrics import compute_metrics
 from sbir.training.objective import TrainingObjective
@@ -144,7 +144,8 @@ def build_arms(config: Config, train_classes: list[str], lr: float) -> list[Call
     def cnn_arm() -> Arm:
         torch.manual_seed(0)
         model = ReferenceCNN()
-        transform = ImageTransform("clip", config.model.zse.image_size, pad_fill=255)
+        white_pad = Geometry("pad", "bicubic", fill=255)
+        transform = ImageTransform(config.model.zse.image_size, white_pad, white_pad)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
         return Arm("reference CNN (InfoNCE)", model, model, transform, info_nce(model), optimizer)
 

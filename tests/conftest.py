@@ -30,11 +30,11 @@ def tiny_zse(tiny_zse_cfg):
 @pytest.fixture
 def toy_batch():
     """Normalised toy sketches/photos (64 px) for 4 classes x 3 instances, with labels."""
-    from sbir.inference.transforms import ImageTransform
+    from sbir.methods.zse import ZSEFamily
     from tests.toy_shapes import make_toy_set
 
     pairs = make_toy_set(list(range(4)), 3, seed=1, size=64)
-    transform = ImageTransform("zse", 64)
+    transform = ZSEFamily.transform_for(64)
     sketches = torch.stack([transform(p.sketch, "sketch") for p in pairs])
     photos = torch.stack([transform(p.photo, "photo") for p in pairs])
     labels = torch.tensor([p.label for p in pairs])

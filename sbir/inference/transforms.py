@@ -1,10 +1,9 @@
-"""Image preprocessing for both methods, applied at load time so one prepared dataset serves both.
+"""Image preprocessing, applied at load time so one prepared dataset serves every method.
 
-ZSE-SBIR (docs/zse_sbir.md#preprocessing): photos are resized to a square (bicubic); sketches are cropped to
-their ink bounding box (R+G+B <= threshold, with a margin), resized on the long side (bilinear) and
-padded to a square with white. An ink-free sketch falls back to the full image. Both normalise with
-mean 0.5 / std 0.5. CLIP-AT (docs/clip_at.md#preprocessing): aspect-preserving resize, pad with `pad_fill`,
-then the model's mean/std.
+A transform is data, as open_clip's preprocessing config is: a :class:`Geometry` per modality (stretch or
+aspect-preserving pad, resampling, pad colour, an ink crop for sketches) and the normalisation. Each method
+family supplies its own (``MethodFamily.image_transform``; docs/zse_sbir.md#preprocessing,
+docs/clip_at.md#preprocessing); nothing here knows a method.
 """
 
 from __future__ import annotations
@@ -55,48 +54,53 @@ def pad_to_square(image: Image.Image, size: int, fill: tuple[int, int, int], res
     return canvas
 
 
-def zse_photo_pixels(image: Image.Image, size: int) -> Image.Image:
-    return image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+Fit = Literal["stretch", "pad"]
+Resample = Literal["bicubic", "bilinear"]
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
-def zse_sketch_pixels(image: Image.Image, size: int, threshold: int = 300, margin: int = 10) -> Image.Image:
-    image = image.convert("RGB")
-    box = ink_bbox(image, threshold, margin)
-    if box is not None:
-        image = image.crop(box)
-    return pad_to_square(image, size, (255, 255, 255), Image.Resampling.BILINEAR)
+@dataclass(frozen=True)
+class Geometry:
+    """How one modality's image becomes ``size x size`` pixels: data a method family supplies."""
 
+    fit: Fit  # stretch: resize both sides to size; pad: resize the long side, pad the short one
+    resample: Resample = "bicubic"
+    fill: int = 0  # grey level of the padding
+    ink_crop: bool = False  # crop to the ink bounding box first (sketches; none found: the whole image)
 
-def clip_pixels(image: Image.Image, size: int, pad_fill: int = 0) -> Image.Image:
-    """CLIP-AT geometry for either modality (normalisation is separate)."""
-    fill = (pad_fill, pad_fill, pad_fill)
-    return pad_to_square(image.convert("RGB"), size, fill, Image.Resampling.BICUBIC)
+    def pixels(self, image: Image.Image, size: int, ink_threshold: int, ink_margin: int) -> Image.Image:
+        image = image.convert("RGB")
+        if self.ink_crop:
+            box = ink_bbox(image, ink_threshold, ink_margin)
+            if box is not None:
+                image = image.crop(box)
+        if self.fit == "stretch":
+            return image.resize((size, size), _RESAMPLE[self.resample])
+        return pad_to_square(image, size, (self.fill,) * 3, _RESAMPLE[self.resample])
 
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """Method-specific load-time preprocessing of one image, picklable for Ray Data workers."""
+    """Load-time preprocessing of one image: a geometry per modality, then normalisation. Picklable and
+    hashable, for Ray Data workers and as a cache key."""
 
-    kind: Literal["zse", "clip"]
     size: int
+    sketch: Geometry
+    photo: Geometry
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
-    pad_fill: int = 0
     ink_threshold: int = 300
     ink_margin: int = 10
 
     @property
     def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-        """(mean, std) applied to the 8-bit pixels: the model's for CLIP-AT, always 0.5 / 0.5 for ZSE-SBIR."""
-        return (self.mean, self.std) if self.kind == "clip" else (HALF, HALF)
+        """(mean, std) applied to the 8-bit pixels."""
+        return self.mean, self.std
 
     def pixels(self, image: Image.Image, modality: str) -> Image.Image:
         """The 8-bit RGB size x size image before normalisation (crop, resize, pad)."""
-        if self.kind == "clip":
-            return clip_pixels(image, self.size, self.pad_fill)
-        if modality == "sketch":
-            return zse_sketch_pixels(image, self.size, self.ink_threshold, self.ink_margin)
-        return zse_photo_pixels(image, self.size)
+        geometry = self.sketch if modality == "sketch" else self.photo
+        return geometry.pixels(image, self.size, self.ink_threshold, self.ink_margin)
 
     def __call__(self, image: Image.Image, modality: str) -> torch.Tensor:
         return to_tensor(self.pixels(image, modality), *self.normalisation)

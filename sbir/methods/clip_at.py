@@ -9,7 +9,7 @@ from torch import nn
 
 from sbir.config import Config, ModelConfig
 from sbir.inference.gallery import Gallery
-from sbir.inference.transforms import ImageTransform
+from sbir.inference.transforms import Geometry, ImageTransform
 from sbir.methods.base import MethodFamily, TrainingLoss
 from sbir.models.encoding import EmbeddingEncoding
 
@@ -53,7 +53,16 @@ class ClipATFamily(MethodFamily):
         """Size and normalisation come from the backbone, so the model is built when not given."""
         if model is None:
             model = self.build_model(config.model, load_pretrained=False)
-        return ImageTransform("clip", model.image_size, model.mean, model.std, model.pad_fill)
+        return self.transform_for(model.image_size, model.mean, model.std, model.pad_fill)
+
+    @staticmethod
+    def transform_for(
+        size: int, mean: tuple[float, float, float], std: tuple[float, float, float], pad_fill: int = 0
+    ) -> ImageTransform:
+        """Either modality resized on the long side (bicubic) and padded with ``pad_fill``, then the backbone's
+        mean/std (docs/clip_at.md#preprocessing)."""
+        geometry = Geometry("pad", "bicubic", fill=pad_fill)
+        return ImageTransform(size, geometry, geometry, tuple(mean), tuple(std))  # type: ignore[arg-type]
 
     def encode(self, model: nn.Module, images: torch.Tensor, modality: str) -> EmbeddingEncoding:
         return EmbeddingEncoding(model.encode(images, modality))  # type: ignore[operator]

@@ -10,7 +10,7 @@ from torch import nn
 
 from sbir.config import Config, ModelConfig
 from sbir.inference.gallery import RelationGallery
-from sbir.inference.transforms import ImageTransform
+from sbir.inference.transforms import Geometry, ImageTransform
 from sbir.methods.base import MethodFamily, TrainingLoss
 from sbir.models.zse.model import ZSEEncoding
 
@@ -73,12 +73,17 @@ class ZSEFamily(MethodFamily):
         return load_official_checkpoint(model, path)  # type: ignore[arg-type]
 
     def image_transform(self, config: Config, model: nn.Module | None = None) -> ImageTransform:
-        return ImageTransform(
-            "zse",
-            config.model.zse.image_size,
-            ink_threshold=config.data.sketch_ink_threshold,
-            ink_margin=config.data.sketch_ink_margin,
+        return self.transform_for(
+            config.model.zse.image_size, config.data.sketch_ink_threshold, config.data.sketch_ink_margin
         )
+
+    @staticmethod
+    def transform_for(size: int, ink_threshold: int = 300, ink_margin: int = 10) -> ImageTransform:
+        """The release's preprocessing (docs/zse_sbir.md#preprocessing): photos stretched to a square (bicubic);
+        sketches cropped to their ink, resized on the long side (bilinear) and padded with white; 0.5 / 0.5."""
+        sketch = Geometry("pad", "bilinear", fill=255, ink_crop=True)
+        photo = Geometry("stretch", "bicubic")
+        return ImageTransform(size, sketch, photo, ink_threshold=ink_threshold, ink_margin=ink_margin)
 
     def encode(self, model: nn.Module, images: torch.Tensor, modality: str) -> ZSEEncoding:
         return model.encode(images, modality)  # type: ignore[operator]

@@ -20,9 +20,11 @@ from pipelines.streams import (
     training_metadata,
 )
 from sbir.data.batches import BatchSpec, plan_epoch, zse_quadruplets
-from sbir.inference.transforms import ImageTransform
+from sbir.methods.clip_at import ClipATFamily
+from sbir.methods.zse import ZSEFamily
 
-CLIP = ImageTransform("clip", 64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+CLIP = ClipATFamily.transform_for(64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+ZSE = ZSEFamily.transform_for(64)
 
 
 @pytest.fixture
@@ -36,9 +38,7 @@ def test_batches_are_class_balanced_and_decoded(prepared, toy_split):
     spec = BatchSpec(classes_per_batch=3, items_per_class=2)
     meta = training_metadata(prepared)
     assert {m["role"] for m in meta} == {"train"}
-    batches = list(
-        iter_epoch(epoch_batches(prepared, spec, ImageTransform("zse", 64), 4, seed=0, epoch=0, metadata=meta))
-    )
+    batches = list(iter_epoch(epoch_batches(prepared, spec, ZSE, 4, seed=0, epoch=0, metadata=meta)))
     assert sorted(int(b["batch"]) for b in batches) == [0, 1, 2, 3]
     train_ids = {toy_split.class_id(c) for c in toy_split.train_classes}
     for b in batches:
@@ -52,7 +52,7 @@ def test_batches_are_class_balanced_and_decoded(prepared, toy_split):
         assert all(q.shape == (6, 3, 64, 64) for q in quads)
 
 
-@pytest.mark.parametrize("transform", [ImageTransform("zse", 64), CLIP], ids=["zse", "clip"])
+@pytest.mark.parametrize("transform", [ZSE, CLIP], ids=["zse", "clip"])
 def test_cached_and_per_epoch_decoded_batches_are_the_plans_images_bit_for_bit(prepared, transform):
     spec, seed, epoch, n = BatchSpec(3, 2), 5, 2, 3
     meta = training_metadata(prepared)
@@ -76,7 +76,7 @@ def test_cached_and_per_epoch_decoded_batches_are_the_plans_images_bit_for_bit(p
 
 
 def test_the_cache_is_built_once_per_run_and_only_within_its_budget(prepared, caplog):
-    transform = ImageTransform("zse", 64)
+    transform = ZSE
     meta = training_metadata(prepared)
     needed = cache_bytes(len(meta), transform)
     assert needed == len(meta) * 3 * 64 * 64
@@ -87,7 +87,7 @@ def test_the_cache_is_built_once_per_run_and_only_within_its_budget(prepared, ca
         assert first is not None and first.nbytes == needed and "cached" in caplog.text
     assert decoded_images(prepared, transform, meta, budget=needed) is first  # later epochs reuse it
     assert set(first.rows) == {m["path"] for m in meta}
-    other = decoded_images(prepared, ImageTransform("zse", 32), meta)  # another transform: another cache
+    other = decoded_images(prepared, ZSEFamily.transform_for(32), meta)  # another transform: another cache
     assert other is not None and other is not first and other.size == 32
 
 
@@ -95,7 +95,7 @@ def test_planned_images_missing_from_the_shards_fail_loudly(prepared):
     meta = training_metadata(prepared)
     ghost = dict(meta[0], path="nowhere/ghost.png")
     with pytest.raises(RuntimeError, match="not in"):
-        decoded_images(prepared, ImageTransform("zse", 64), [*meta, ghost])
+        decoded_images(prepared, ZSE, [*meta, ghost])
 
 
 def test_cached_pixels_normalise_to_exactly_the_decoded_tensor(toy_split):
@@ -103,7 +103,7 @@ def test_cached_pixels_normalise_to_exactly_the_decoded_tensor(toy_split):
 
     for record in toy_split.records[:4]:  # sketches (png) and photos (jpg)
         data = (Path(toy_split.root) / record.path).read_bytes()
-        for transform in (ImageTransform("zse", 64), CLIP):
+        for transform in (ZSE, CLIP):
             pixels = transform.decode_pixels(data, record.modality)
             assert pixels.dtype == np.uint8 and pixels.shape == (3, 64, 64)
             restored = normalise(pixels, *transform.normalisation)
@@ -112,7 +112,8 @@ def test_cached_pixels_normalise_to_exactly_the_decoded_tensor(toy_split):
 
 def test_fine_grained_batches_pair_sketches_with_their_photos(prepared):
     spec = BatchSpec(2, 2, fine_grained=True)
-    ds = epoch_batches(prepared, spec, ImageTransform("clip", 64, pad_fill=0), 2, seed=3, epoch=0)
+    half = (0.5, 0.5, 0.5)
+    ds = epoch_batches(prepared, spec, ClipATFamily.transform_for(64, half, half, pad_fill=0), 2, seed=3, epoch=0)
     for b in iter_epoch(ds):
         assert b["sketch_label"].tolist() == b["photo_label"].tolist()
 
@@ -120,7 +121,7 @@ def test_fine_grained_batches_pair_sketches_with_their_photos(prepared):
 @pytest.mark.parametrize("cache_budget", [None, 0], ids=["cached", "decoded"])
 def test_independent_quadruplet_batches_stream_as_planned(prepared, cache_budget):
     spec = BatchSpec(quadruplets=3)
-    ds = epoch_batches(prepared, spec, ImageTransform("zse", 64), 2, seed=3, epoch=0, cache_budget=cache_budget)
+    ds = epoch_batches(prepared, spec, ZSE, 2, seed=3, epoch=0, cache_budget=cache_budget)
     batches = list(iter_epoch(ds))
     assert len(batches) == 2
     for b in batches:
@@ -131,7 +132,7 @@ def test_independent_quadruplet_batches_stream_as_planned(prepared, cache_budget
 
 @pytest.mark.parametrize("cache_budget", [None, 0], ids=["cached", "decoded"])
 def test_epoch_shards_deal_batches_by_index(prepared, cache_budget):
-    spec, transform, meta = BatchSpec(2, 2), ImageTransform("zse", 64), training_metadata(prepared)
+    spec, transform, meta = BatchSpec(2, 2), ZSE, training_metadata(prepared)
     whole = {int(b["batch"]): b for b in iter_epoch(epoch_batches(prepared, spec, transform, 6, 1, 1, meta))}
 
     def read_shards() -> list[list[dict]]:
@@ -166,7 +167,7 @@ def test_training_input_reads_from_s3(ray_cluster, s3_server, toy_split, caplog)
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="sbir-stream")
     prepare_dataset(toy_split, "s3://sbir-stream/toy")
-    transform = ImageTransform("zse", 64)
+    transform = ZSE
     with caplog.at_level(logging.INFO, logger="pipelines.streams"):
         cached = list(iter_epoch(epoch_batches("s3://sbir-stream/toy", BatchSpec(2, 2), transform, 2, seed=0, epoch=0)))
     assert "cached" in caplog.text
