@@ -143,7 +143,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pipelines.index import build_gallery
+    from pipelines.gallery import build_gallery
     from pipelines.ray_runtime import ensure_ray
     from pipelines.tracking import resolve_reference
     from sbir.config import load_config

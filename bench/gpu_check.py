@@ -135,7 +135,7 @@ def query_latency_ms(config, checkpoint: Path, gallery: Path, sketch: Path, over
 def check_method(method: str, preset: str, overrides: list[str], gpus: int, work: Path, sketch: Path) -> MethodFigures:
     """Train, evaluate, index and serve one method; the figures of each step."""
     from pipelines.evaluate import evaluate_checkpoint
-    from pipelines.index import build_gallery
+    from pipelines.gallery import build_gallery
     from pipelines.tracking import resolve_reference
     from pipelines.train import run_training
     from sbir.config import load_config

@@ -1,19 +1,17 @@
-"""The main job, end to end on the built-in synthetic dataset (no downloads).
+"""The main job's training half, end to end on the built-in synthetic dataset (no downloads).
 
 Synthesise a dataset, prepare Parquet shards with Ray Data, train tiny ZSE-SBIR and CLIP-AT models on
 2 Ray Train workers, evaluate untrained and trained models on the unseen classes, log and register in
 MLflow, and print an untrained-vs-trained table with the paths of the reports and the MLflow store.
-Then serve what it trained: build the unseen-class gallery of the ZSE-SBIR champion, start the Ray Serve
-endpoint, send unseen sketches through its HTTP API, print their top-5 and shut it down.
+Serving what it trained is ``serve.demo``'s half; ``sbir demo`` runs both.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -23,7 +21,9 @@ from pipelines.ray_runtime import ensure_ray
 from pipelines.train import TrainOutcome, run_training
 from sbir.config import load_config
 from sbir.data.readers import read_split
+from sbir.data.records import DatasetSplit
 from sbir.data.synth import write_synthetic_dataset
+from sbir.methods import family_of
 
 DEMO_DATA = {
     "num_classes": 60,
@@ -32,15 +32,27 @@ DEMO_DATA = {
     "image_size": 64,
     "unseen_fraction": 0.2,
 }
-DEMO_MODELS = {
-    "zse": ("synthetic_zse", "rn_rerank"),
-    "clip_at": ("synthetic_clip_at", "ret"),
-}
+DEMO_PRESETS = {"zse": "synthetic_zse", "clip_at": "synthetic_clip_at"}
+SERVED_METHOD = "zse"  # the method whose champion the demo then serves
 
 
-def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> dict[str, TrainOutcome]:
-    """Run the main job into `out` and return the training outcome per method."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class DemoRun:
+    """What the training half left for the serving half."""
+
+    out: Path
+    split: DatasetSplit
+    prepared: str
+    outcomes: dict[str, TrainOutcome]
+    next_step: int  # the number of the demo's next printed step
+
+    @property
+    def served(self) -> TrainOutcome:
+        return self.outcomes[SERVED_METHOD]
+
+
+def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> DemoRun:
+    """Run the main job's training half into `out`."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     synth = write_synthetic_dataset(out / "data", seed=seed, progress=False, workers=2, **DEMO_DATA)
@@ -54,7 +66,7 @@ def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> d
     echo(f"2. prepared {manifest.num_rows} images into Parquet shards: {prepared}")
 
     outcomes: dict[str, TrainOutcome] = {}
-    for step, (method, (preset, _)) in enumerate(DEMO_MODELS.items(), start=3):
+    for step, (method, preset) in enumerate(DEMO_PRESETS.items(), start=3):
         config = load_config(
             preset,
             [
@@ -76,83 +88,7 @@ def run_demo(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> d
     echo(f"\nMLflow store: {first.tracking_uri}  (mlflow ui --backend-store-uri {first.tracking_uri})")
     for method, outcome in outcomes.items():
         echo(f"{method}: registered {outcome.registered}; best checkpoint {outcome.best_checkpoint}")
-    serve_champion(outcomes[SERVED_METHOD], split, prepared, out, step=len(DEMO_MODELS) + 3, echo=echo)
-    echo(f"total time: {time.perf_counter() - started:.0f} s")
-    return outcomes
-
-
-SERVED_METHOD = "zse"
-QUERIES = 5
-
-
-def free_or_default_port(port: int) -> int:
-    """`port` when nothing listens on it, else a free one (a demo must not fail on a busy 8000)."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            pass
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serve_champion(
-    outcome: TrainOutcome, split, prepared: str, out: Path, step: int, echo: Callable[[str], None]
-) -> None:
-    """Gallery build for the champion, the endpoint, a few unseen sketches through HTTP, shut down."""
-    from pipelines.index import build_gallery
-    from pipelines.tracking import resolve_reference
-    from sbir.client import Client
-    from serve.launch import start_endpoint, stop_endpoint
-
-    if outcome.registered is None:
-        echo(f"{step}. nothing registered, nothing to serve")
-        return
-    reference = f"models:/{outcome.registered.split('/')[1]}@champion"
-    preset = DEMO_MODELS[SERVED_METHOD][0]
-    resolved = resolve_reference(reference, outcome.tracking_uri)
-    config = load_config(preset, [f"data.prepared={prepared}", f"run.dir={out / 'runs'}"])
-    gallery_dir = out / "galleries" / f"{SERVED_METHOD}-v{resolved.version}"
-    shutil.rmtree(gallery_dir, ignore_errors=True)
-    echo(f"{step}. building the unseen-class gallery of {reference} (v{resolved.version}) with Ray Data ...")
-    build = build_gallery(
-        resolved, str(gallery_dir), config, prepared=prepared, roles=("test",), echo=lambda line: echo(f"   {line}")
-    )
-    port = free_or_default_port(config.serve.port)
-    args = {
-        "config": preset,
-        "model": reference,
-        "gallery": str(gallery_dir),
-        "tracking_uri": outcome.tracking_uri,
-        "overrides": [f"run.dir={out / 'runs'}", f"serve.port={port}"],
-    }
-    echo(f"{step + 1}. serving {reference} ({build.photos} photos) on Ray Serve ...")
-    endpoint = start_endpoint(load_config(preset, args["overrides"]), args)
-    try:
-        echo(f"   endpoint: {endpoint.url}  (API docs {endpoint.url}/docs)")
-        with Client(endpoint.url) as client:
-            for record in _one_sketch_per_class(split, QUERIES):
-                answer = client.search(Path(split.root) / record.path, k=5)
-                classes = [hit.class_name or "?" for hit in answer.hits]
-                hits = sum(c == record.class_name for c in classes)
-                echo(
-                    f"   sketch of {record.class_name:<18} top-5: {', '.join(classes)}  "
-                    f"({hits}/5 right, {answer.timings.get('total', 0) * 1000:.0f} ms)"
-                )
-    finally:
-        stop_endpoint()
-    echo(f"   endpoint stopped; `make serve` serves {reference} until Ctrl-C")
-
-
-def _one_sketch_per_class(split, count: int) -> list:
-    """The first unseen-class sketch of each of `count` test classes."""
-    chosen: dict[str, object] = {}
-    for record in split.records:
-        if record.role == "test" and record.modality == "sketch" and record.class_name not in chosen:
-            chosen[record.class_name] = record
-    return list(chosen.values())[:count]
+    return DemoRun(out, split, prepared, outcomes, next_step=len(DEMO_PRESETS) + 3)
 
 
 def comparison_table(outcomes: dict[str, TrainOutcome]) -> str:
@@ -162,7 +98,7 @@ def comparison_table(outcomes: dict[str, TrainOutcome]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for method, outcome in outcomes.items():
-        mode = DEMO_MODELS[method][1]
+        mode = family_of(load_config(DEMO_PRESETS[method])).default_mode
         before, after = outcome.baseline_metrics[mode], outcome.test_metrics[mode]
         lines.append(
             f"| {method} ({mode}) | {before['map_all_voc']:.4f} | {after['map_all_voc']:.4f} | "

@@ -138,10 +138,15 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="where reports and checkpoints go")] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
-    """Run the end-to-end demo on the built-in synthetic dataset (no downloads)."""
-    from pipelines.demo import run_demo
+    """Run the end-to-end demo on the built-in synthetic dataset (no downloads): train, then serve."""
+    import time
 
-    run_demo(out, seed=seed, echo=typer.echo)
+    from pipelines.demo import run_demo
+    from serve.demo import serve_champion
+
+    started = time.perf_counter()
+    serve_champion(run_demo(out, seed=seed, echo=typer.echo), echo=typer.echo)
+    typer.echo(f"total time: {time.perf_counter() - started:.0f} s")
 
 
 def main() -> None:

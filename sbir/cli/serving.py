@@ -60,7 +60,7 @@ def index_build(
     if not storage.is_s3(out) and (Path(out) / "gallery.json").exists() and not overwrite:
         raise UsageError(f"{out} already holds a gallery; pass --overwrite to replace it, or another --out")
     ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
-    from pipelines.index import build_gallery
+    from pipelines.gallery import build_gallery
 
     build = build_gallery(resolved, out, cfg, prepared=prepared, roles=role_list, images=images, echo=typer.echo)
     typer.echo(

@@ -66,7 +66,7 @@ def register_random_checkpoint(served: Served, seed: int, metric: float) -> Path
 
 def build_registered_gallery(served: Served, reference: str) -> str:
     """`sbir index build` for a registered version: the gallery of the test role, logged to its run."""
-    from pipelines.index import build_gallery
+    from pipelines.gallery import build_gallery
     from pipelines.tracking import resolve_reference
     from sbir.config import load_config
 
