@@ -61,6 +61,10 @@ class EncodeRequest:
 
 @dataclass(frozen=True)
 class EncodeResult:
+    """One image's encoding, with what the next stages need: the retrieval embedding for the index and the
+    encoding's arrays for a re-rank stage."""
+
+    embedding: np.ndarray  # 1 x D retrieval embedding (float32)
     arrays: dict[str, np.ndarray]  # the encoding of one image (one row per field)
     batch_size: int  # how many images were encoded together with it
     seconds: float
@@ -97,10 +101,13 @@ class SketchEncoder:
         for (_, modality), members in groups.items():
             encoder = self.encoders.get(requests[members[0]].model)
             images = [Image.fromarray(requests[i].image) for i in members]
-            arrays = encoder.encode_images(images, modality).to_arrays()
+            encoding = encoder.encode_images(images, modality)
+            embeddings = encoding.retrieval_embeddings().float().cpu().numpy()
+            arrays = encoding.to_arrays()
             seconds = time.perf_counter() - started
             for row, i in enumerate(members):
-                out[i] = EncodeResult({k: v[row : row + 1] for k, v in arrays.items()}, len(requests), seconds)
+                rows = {k: v[row : row + 1] for k, v in arrays.items()}
+                out[i] = EncodeResult(embeddings[row : row + 1], rows, len(requests), seconds)
         return out  # type: ignore[return-value]
 
 

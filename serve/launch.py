@@ -11,9 +11,10 @@ import httpx
 
 from sbir.config import Config
 from sbir.errors import SbirError
-from serve.app import build_app, settings_from_args
+from serve.app import build_app
 from serve.config_file import APP_NAME
 from serve.model import resolve_serving
+from serve.settings import AppArgs, settings_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,13 @@ def start_endpoint(config: Config, args: dict[str, Any], timeout_s: float = READ
     """Deploy the application on the connected Ray cluster (Ray must be initialised) and wait for /readyz."""
     from ray import serve
 
-    settings, _ = settings_from_args(args)
+    app_args = AppArgs.parse(args)
+    settings, _ = settings_from_args(app_args)
     serving = resolve_serving(settings.model, settings.gallery, settings.tracking_uri, settings.runs_dir)
     cfg = config.serve
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     host, port = _serving_address(cfg.host, cfg.port)
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{host}:{port}"
     wait_ready(url, timeout_s)

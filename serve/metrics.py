@@ -5,10 +5,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STAGES = ("decode", "encode", "search", "rerank", "total")
+COUNTED = ("metrics", "info", "search", "gallery_image", "gallery_add", "gallery_remove", "explain", "admin_reload")
 
 
 class EndpointMetrics:
     """Requests by endpoint and status, latency per stage, encoder batch sizes, gallery size."""
+
+    counted = frozenset(COUNTED)  # the routes whose answers are counted, by route name
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

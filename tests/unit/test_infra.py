@@ -111,7 +111,7 @@ def test_the_rayservice_carries_the_serve_config_the_builder_makes(spec):
 
 
 def test_the_serve_import_path_imports_from_the_repository_root(spec):
-    from serve.app import settings_from_args
+    from serve.settings import settings_from_args
 
     application = kuberay.serve_config_of(load_documents(INFRA / "kuberay/rayservice.yaml")[0])["applications"][0]
     module_name, attribute = application["import_path"].split(":")

@@ -141,7 +141,7 @@ def test_deployment_options_come_from_the_config():
 
 
 def test_bad_builder_args_and_serve_keys_are_refused_by_name():
-    from serve.app import settings_from_args
+    from serve.settings import settings_from_args
 
     with pytest.raises(SbirError, match="modle"):
         settings_from_args({"modle": "x"})
