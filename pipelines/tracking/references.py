@@ -12,10 +12,10 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipelines.tracking.registry import CHECKPOINT_ARTIFACT
@@ -133,7 +133,7 @@ def _lookup_uri(ref: str, tracking_uri: str | None, runs_dir: str | Path) -> str
     return f"sqlite:///{db}"
 
 
-def _model_version(client: MlflowClient, ref: str, uri: str) -> Any:
+def _model_version(client: MlflowClient, ref: str, uri: str) -> ModelVersion:
     rest = ref[len("models:/") :]
     try:
         if "@" in rest:

@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
 
@@ -138,7 +138,7 @@ def _checkpoint_tags(directory: Path) -> dict[str, str]:
     return {"method": meta.method, "preset": meta.preset, "setting": meta.config.setting}
 
 
-def _champion(client: MlflowClient, name: str) -> Any | None:
+def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException:

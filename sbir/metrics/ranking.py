@@ -58,7 +58,7 @@ class MetricInputError(SbirError, ValueError):
 
 @dataclass
 class _Inputs:
-    scores: Any  # torch.Tensor or np.ndarray, Q x G
+    scores: torch.Tensor | np.ndarray  # Q x G
     n_queries: int
     n_gallery: int
     query_labels: np.ndarray | None
