@@ -16,7 +16,7 @@ from tune.space import Dimension
 from tune.trial import TrialContext
 
 
-def _finish(config: Config, dimensions: list[Dimension], results, run, context: TrialContext, tracker, progress):
+def _finish(config: Config, dimensions: list[Dimension], results, *, run, context: TrialContext, tracker, progress):
     name, echo = run.dir.name, progress.echo
     # Tune returns normally when Ctrl-C stops it; trials it did not end (or never started) mean interrupted.
     total = config.tune.num_samples * _grid_points(dimensions, config.tune.search_alg)
@@ -37,7 +37,7 @@ def _finish(config: Config, dimensions: list[Dimension], results, run, context: 
         outcome.best = best
         tracker.log_metrics({f"best_{config.tune.metric}": best.score})
         tracker.set_tags({"best_trial": best.trial_id})
-        _best_trial(config, best, outcome, context, tracker, echo)
+        _best_trial(config, best, outcome, context=context, tracker=tracker, echo=echo)
     else:
         echo(f"[{name}] no trial reported {config.tune.metric}; nothing to evaluate or register")
     notes = _notes(config, dimensions, summaries, outcome)
@@ -60,7 +60,7 @@ def _best_config(config: Config, best: TrialSummary) -> Config:
     return with_values(config, best.params | {"run.name": None})
 
 
-def _best_trial(config: Config, best: TrialSummary, outcome: SweepOutcome, context, tracker, echo) -> None:
+def _best_trial(config: Config, best: TrialSummary, outcome: SweepOutcome, *, context, tracker, echo) -> None:
     """Copy the best trial's checkpoint, evaluate it once on the unseen test classes, register it."""
     import ray.train
 

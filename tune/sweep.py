@@ -56,7 +56,7 @@ def run_sweep(
         run = RunRecord(Path(config.run.dir) / name)
         run.check_start(None)
     check_search(dimensions, config)
-    return _run(config, dimensions, run, resume is not None, echo)
+    return _run(config, dimensions, run, resuming=resume is not None, echo=echo)
 
 
 def plan_sweep(source: str | None, overrides: list[str], space: str | None) -> tuple[Config, list[Dimension]]:
@@ -99,7 +99,7 @@ def _resumed(source: str | None, overrides: list[str], name: str):
     return with_absolute_paths(config), dimensions, run
 
 
-def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo) -> SweepOutcome:
+def _run(config: Config, dimensions: list[Dimension], run, *, resuming: bool, echo) -> SweepOutcome:
     from pipelines import storage
     from pipelines.prepare import prepare_training_data
     from pipelines.ray_runtime import check_resources, ensure_ray
@@ -117,7 +117,7 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
         resources = TrialResources.of(config)
         check_resources(resources.workers, resources.cpus_per_worker, resources.gpus_per_worker, "each sweep trial")
     run.create()
-    tracker = _parent_run(config, dimensions, run, tracking_uri, resuming)
+    tracker = _parent_run(config, dimensions, run, tracking_uri, resuming=resuming)
     root = storage.join(storage_path(config), name)
     context = TrialContext(
         config, prepared, manifest, name, storage.join(root, TRIALS_DIR), tracking_uri, tracker.run_id,
@@ -131,8 +131,8 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
     total = tune.num_samples * _grid_points(dimensions, tune.search_alg)
     progress = SweepProgress(echo, name, total, tune.metric, tune.mode)
     try:
-        results = _fit(config, dimensions, context, root, resuming, progress)
-        outcome = _finish(config, dimensions, results, run, context, tracker, progress)
+        results = _fit(config, dimensions, context, root, resuming=resuming, progress=progress)
+        outcome = _finish(config, dimensions, results, run=run, context=context, tracker=tracker, progress=progress)
     except KeyboardInterrupt:
         run.set_status("INTERRUPTED")
         tracker.finish("KILLED")
@@ -150,7 +150,7 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
     return outcome
 
 
-def _parent_run(config: Config, dimensions: list[Dimension], run, tracking_uri: str, resuming: bool):
+def _parent_run(config: Config, dimensions: list[Dimension], run, tracking_uri: str, *, resuming: bool):
     from pipelines.tracking import Tracker, flatten_params
 
     if resuming:
@@ -169,7 +169,7 @@ def _parent_run(config: Config, dimensions: list[Dimension], run, tracking_uri: 
     return tracker
 
 
-def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, root: str, resuming: bool, progress):
+def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, root: str, *, resuming: bool, progress):
     from ray import tune as ray_tune
 
     # Tune's newer console output prints its tables whatever the verbosity; the classic one is silent at 0.
