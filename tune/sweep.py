@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune import Callback
 
 from sbir.config import Config, dump_config, load_config, with_absolute_paths, with_values
-from sbir.errors import SbirError
-from sbir.reports.sweep import COMPLETED, FAILED, STOPPED, UNFINISHED, TrialSummary, rank, write_sweep_report
+from tune.finish import _finish
+from tune.outcome import SweepError, SweepOutcome
+from tune.progress import SweepProgress
+from tune.search import _grid_points, _scheduler, _searcher, check_search, param_space
 from tune.space import Dimension, check_space, load_space, parse_space
-from tune.trial import PARENT_TAG, SWEEP_TAG, TRIAL_TAG, TrialContext, TrialResources, run_trial
+from tune.trial import SWEEP_TAG, TrialContext, TrialResources, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -34,136 +33,8 @@ TUNE_DIR = "tune"  # the Tuner's experiment folder under the sweep's storage
 TRIALS_DIR = "trials"  # the trials' Ray Train runs under the sweep's storage
 
 
-class SweepError(SbirError):
-    """A sweep that cannot start or resume as asked."""
-
-
-@dataclass
-class SweepOutcome:
-    """What a sweep left behind."""
-
-    name: str
-    dir: Path
-    trials: list[TrialSummary]
-    best: TrialSummary | None = None
-    best_checkpoint: Path | None = None
-    best_config: Path | None = None
-    test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    registered: str | None = None
-    report: Path | None = None
-    tracking_uri: str | None = None
-    parent_run_id: str | None = None
-    interrupted: bool = False
-
-
 def default_sweep_name(config: Config) -> str:
     return f"sweep-{config.model.method}-{config.setting}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_search(dimensions: list[Dimension], config: Config) -> None:
-    """Search algorithm, scheduler and space must fit together (before anything starts)."""
-    tune, kinds = config.tune, {d.kind for d in dimensions}
-    if tune.search_alg == "grid" and kinds - {"choice", "grid"}:
-        continuous = [d.key for d in dimensions if d.kind not in ("choice", "grid")]
-        raise SweepError(f"tune.search_alg=grid needs choice/grid values only; {', '.join(continuous)} are ranges")
-    if tune.search_alg == "optuna" and "grid" in kinds:
-        grids = [d.key for d in dimensions if d.kind == "grid"]
-        raise SweepError(
-            f"tune.search_alg=optuna samples; it cannot expand grid values ({', '.join(grids)}): use choice"
-        )
-    epochs = config.train.epochs
-    if tune.max_t is not None and tune.max_t > epochs:
-        raise SweepError(f"tune.max_t={tune.max_t} is longer than train.epochs={epochs}; lower it or raise the epochs")
-    if tune.scheduler == "asha" and tune.grace_period > (tune.max_t or epochs):
-        raise SweepError(f"tune.grace_period={tune.grace_period} exceeds the {tune.max_t or epochs} epochs of a trial")
-    if config.train.model_selection != "seen_val":
-        raise SweepError("a sweep selects on held-out seen classes: train.model_selection must be seen_val")
-    if not config.data.val_fraction:
-        raise SweepError("a sweep needs validation classes to rank trials: set data.val_fraction > 0")
-
-
-def param_space(dimensions: list[Dimension], search_alg: str) -> dict[str, Any]:
-    """Tune's param_space; with the grid searcher every choice is expanded as a grid."""
-    if search_alg == "grid":
-        from ray import tune
-
-        return {d.key: tune.grid_search(list(d.values)) for d in dimensions}
-    return {d.key: d.to_tune() for d in dimensions}
-
-
-def _searcher(config: Config):
-    tune = config.tune
-    if tune.search_alg == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(seed=tune.seed)
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=tune.seed, max_concurrent=tune.max_concurrent_trials)
-
-
-def _scheduler(config: Config):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    tune = config.tune
-    if tune.scheduler == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="epoch",  # our own epoch count survives a retried trial; training_iteration restarts
-        max_t=tune.max_t or config.train.epochs,
-        grace_period=tune.grace_period,
-        reduction_factor=tune.reduction_factor,
-    )
-
-
-class SweepProgress(Callback):
-    """One line per finished or failed trial (Tune's own tables are off)."""
-
-    def __init__(self, echo, name: str, total: int, metric: str, mode: str) -> None:
-        self.echo, self.name, self.total, self.metric, self.mode = echo, name, total, metric, mode
-        self.done = 0
-        self.best: dict[str, tuple[float, int]] = {}  # trial id -> (best score, its epoch)
-        self.retries: dict[
-            str, int
-        ] = {}  # trial id -> failed attempts Tune retried (earlier runs of a resumed sweep too)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        score, epoch = result.get(self.metric), int(result.get("epoch", 0))
-        if not isinstance(score, int | float) or score < 0:  # -1 = an epoch without validation
-            return
-        seen = self.best.get(trial.trial_id)
-        if seen is None or (score > seen[0] if self.mode == "max" else score < seen[0]):
-            self.best[trial.trial_id] = (float(score), epoch)
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.done += 1
-        last = trial.last_result or {}
-        score, epoch = self.best.get(trial.trial_id, (float("nan"), 0))
-        self.echo(
-            f"[{self.name}] trial {self.done}/{self.total} {trial.trial_id} ended after epoch "
-            f"{last.get('epoch', '?')}: best {self.metric} {score:.4f} (epoch {epoch})  {_short(trial.config)}"
-        )
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.done += 1
-        self.echo(f"[{self.name}] trial {self.done}/{self.total} {trial.trial_id} failed: {_short(trial.config)}")
-
-    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        error = " ".join(str(trial.get_error() or "").split())[:300]
-        self.echo(
-            f"[{self.name}] trial {trial.trial_id} failed (attempt {trial.num_failures}); retrying it from its last "
-            f"checkpoint: {error}"
-        )
-
-    def on_experiment_end(self, trials, **info) -> None:
-        # Tune keeps each trial's failure count in its saved state, so a resumed sweep sees earlier retries too.
-        self.retries = {t.trial_id: t.num_failures for t in trials if t.num_failures}
-
-
-def _short(params: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in params.items()
-    )
 
 
 def run_sweep(
@@ -185,7 +56,7 @@ def run_sweep(
         run = RunRecord(Path(config.run.dir) / name)
         run.check_start(None)
     check_search(dimensions, config)
-    return _run(config, dimensions, run, resume is not None, echo)
+    return _run(config, dimensions, run, resuming=resume is not None, echo=echo)
 
 
 def plan_sweep(source: str | None, overrides: list[str], space: str | None) -> tuple[Config, list[Dimension]]:
@@ -228,7 +99,7 @@ def _resumed(source: str | None, overrides: list[str], name: str):
     return with_absolute_paths(config), dimensions, run
 
 
-def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo) -> SweepOutcome:
+def _run(config: Config, dimensions: list[Dimension], run, *, resuming: bool, echo) -> SweepOutcome:
     from pipelines import storage
     from pipelines.prepare import prepare_training_data
     from pipelines.ray_runtime import check_resources, ensure_ray
@@ -246,7 +117,7 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
         resources = TrialResources.of(config)
         check_resources(resources.workers, resources.cpus_per_worker, resources.gpus_per_worker, "each sweep trial")
     run.create()
-    tracker = _parent_run(config, dimensions, run, tracking_uri, resuming)
+    tracker = _parent_run(config, dimensions, run, tracking_uri, resuming=resuming)
     root = storage.join(storage_path(config), name)
     context = TrialContext(
         config, prepared, manifest, name, storage.join(root, TRIALS_DIR), tracking_uri, tracker.run_id,
@@ -260,8 +131,8 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
     total = tune.num_samples * _grid_points(dimensions, tune.search_alg)
     progress = SweepProgress(echo, name, total, tune.metric, tune.mode)
     try:
-        results = _fit(config, dimensions, context, root, resuming, progress)
-        outcome = _finish(config, dimensions, results, run, context, tracker, progress)
+        results = _fit(config, dimensions, context, root, resuming=resuming, progress=progress)
+        outcome = _finish(config, dimensions, results, run=run, context=context, tracker=tracker, progress=progress)
     except KeyboardInterrupt:
         run.set_status("INTERRUPTED")
         tracker.finish("KILLED")
@@ -279,7 +150,7 @@ def _run(config: Config, dimensions: list[Dimension], run, resuming: bool, echo)
     return outcome
 
 
-def _parent_run(config: Config, dimensions: list[Dimension], run, tracking_uri: str, resuming: bool):
+def _parent_run(config: Config, dimensions: list[Dimension], run, tracking_uri: str, *, resuming: bool):
     from pipelines.tracking import Tracker, flatten_params
 
     if resuming:
@@ -298,7 +169,7 @@ def _parent_run(config: Config, dimensions: list[Dimension], run, tracking_uri: 
     return tracker
 
 
-def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, root: str, resuming: bool, progress):
+def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, root: str, *, resuming: bool, progress):
     from ray import tune as ray_tune
 
     # Tune's newer console output prints its tables whatever the verbosity; the classic one is silent at 0.
@@ -338,227 +209,3 @@ def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, roo
             run_config=run_config,
         )
     return tuner.fit()
-
-
-def _grid_points(dimensions: list[Dimension], search_alg: str) -> int:
-    points = 1
-    for d in dimensions:
-        if d.kind == "grid" or (search_alg == "grid" and d.kind == "choice"):
-            points *= len(d.values)
-    return points
-
-
-def _summaries(
-    config: Config, dimensions: list[Dimension], results, interrupted: bool, retries: dict[str, int] | None = None
-) -> list[TrialSummary]:
-    """Each trial's searched values, per-epoch curve and why it stopped, read from Tune's results."""
-    from pipelines import storage
-    from pipelines.train import storage_path
-
-    on_s3 = storage.is_s3(storage_path(config))
-    keys = [d.key for d in dimensions]
-    full = min(config.tune.max_t or config.train.epochs, config.train.epochs)
-    summaries = []
-    for result in results:
-        frame = result.metrics_dataframe
-        rows = _one_row_per_epoch([] if frame is None else frame.to_dict("records"))
-        curve = [
-            {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            for row in rows
-        ]
-        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
-        epochs = max((int(r.get("epoch", 0)) for r in curve), default=0)
-        if result.error is not None:
-            reason = FAILED
-        elif epochs >= full:
-            reason = COMPLETED
-        elif interrupted or config.tune.scheduler == "fifo":
-            reason = UNFINISHED  # (while interrupted, a trial the scheduler stopped looks the same)
-        else:
-            reason = STOPPED
-        summary = TrialSummary(
-            trial_id,
-            {k: result.config.get(k) for k in keys},
-            curve,
-            config.tune.metric,
-            config.tune.mode,
-            reason,
-            error=None if result.error is None else " ".join(str(result.error).split())[:500],
-            retries=(retries or {}).get(trial_id, 0),
-        )
-        summary.checkpoint = _checkpoint_path(rows, on_s3)
-        summaries.append(summary)
-    return summaries
-
-
-def _one_row_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Tune's rows with each epoch once: a retried trial reports again the epochs its failed attempt reported.
-
-    The retry replays the epochs of its last checkpoint (``tune.trial.earlier_epochs``) and trains on
-    from there, so a later row for an epoch is the one that counts; it keeps what the earlier one had
-    (a checkpoint path) unless it has its own.
-    """
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        epoch = int(row.get("epoch", 0))
-        by_epoch[epoch] = by_epoch.pop(epoch, {}) | {k: v for k, v in row.items() if _present(v)}
-    return sorted(by_epoch.values(), key=lambda r: int(r.get("epoch", 0)))
-
-
-def _present(value: Any) -> bool:
-    """False for the empty cells (None, NaN) pandas gives a column a row did not report."""
-    return value is not None and not (isinstance(value, float) and value != value)
-
-
-def _checkpoint_path(rows: list[dict[str, Any]], on_s3: bool) -> str | None:
-    """The checkpoint Ray Train kept for the trial (the best val_score; reported with that epoch).
-
-    Ray reports a path inside its filesystem; on S3 that is ``bucket/key``, made an ``s3://`` URI here.
-    """
-    validated = [r for r in rows if r.get("checkpoint_path") and float(r.get("val_score", -1)) >= 0]
-    if not validated:
-        return None
-    path = str(max(validated, key=lambda r: (float(r["val_score"]), r.get("epoch", 0)))["checkpoint_path"])
-    return f"s3://{path}" if on_s3 and not path.startswith("s3://") else path
-
-
-def _close_child_runs(tracker, name: str, summaries: list[TrialSummary]) -> None:
-    """Tag each trial's MLflow run with its stop reason and end it (a stopped trial cannot end its own run)."""
-    client = tracker.client
-    experiment = client.get_run(tracker.run_id).info.experiment_id
-    children = client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.run_id}'")
-    by_trial = {run.data.tags.get(TRIAL_TAG): run for run in children}
-    status = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED"}  # unfinished ones stay open
-    for summary in summaries:
-        child = by_trial.get(summary.trial_id)
-        if child is None:
-            continue
-        summary.mlflow_run_id = child.info.run_id
-        if summary.stop_reason == UNFINISHED:
-            continue  # it goes on when the sweep is resumed
-        client.set_tag(child.info.run_id, "stop_reason", summary.stop_reason)
-        client.set_tag(child.info.run_id, "retries", str(summary.retries))
-        if summary.error:
-            client.set_tag(child.info.run_id, "error", summary.error)
-        client.set_terminated(child.info.run_id, status[summary.stop_reason])
-    logger.info("sweep %s: %d child runs closed", name, len(by_trial))
-
-
-def _finish(config: Config, dimensions: list[Dimension], results, run, context: TrialContext, tracker, progress):
-    name, echo = run.dir.name, progress.echo
-    # Tune returns normally when Ctrl-C stops it; trials it did not end (or never started) mean interrupted.
-    total = config.tune.num_samples * _grid_points(dimensions, config.tune.search_alg)
-    interrupted = results.num_terminated + results.num_errors < total
-    summaries = _summaries(config, dimensions, results, interrupted, progress.retries)
-    _close_child_runs(tracker, name, summaries)
-    ranked = rank(summaries)
-    outcome = SweepOutcome(
-        name, run.dir, ranked, tracking_uri=tracker.tracking_uri, parent_run_id=tracker.run_id, interrupted=interrupted
-    )
-    failed = [s for s in summaries if s.stop_reason == FAILED]
-    for trial in failed:
-        echo(f"[{name}] trial {trial.trial_id} failed after its retries: {trial.error}")
-    best = next((s for s in ranked if s.score is not None and s.checkpoint), None)
-    if interrupted:
-        echo(f"[{name}] interrupted; resume with: sbir tune --resume {name}")
-    elif best is not None:
-        outcome.best = best
-        tracker.log_metrics({f"best_{config.tune.metric}": best.score})
-        tracker.set_tags({"best_trial": best.trial_id})
-        _best_trial(config, best, outcome, context, tracker, echo)
-    else:
-        echo(f"[{name}] no trial reported {config.tune.metric}; nothing to evaluate or register")
-    notes = _notes(config, dimensions, summaries, outcome)
-    best_yaml = dump_config(_best_config(config, best)) if best is not None else None
-    files = write_sweep_report(
-        summaries,
-        run.dir / "report",
-        title=f"Sweep {name}",
-        notes=notes,
-        best_config_yaml=best_yaml,
-        test_metrics=outcome.test_metrics or None,
-    )
-    outcome.report, outcome.best_config = files.markdown, files.best_config
-    tracker.log_artifact(run.dir / "report", "report")
-    return outcome
-
-
-def _best_config(config: Config, best: TrialSummary) -> Config:
-    """The sweep's config with the best trial's values: what ``sbir train -c`` takes to train it again."""
-    return with_values(config, best.params | {"run.name": None})
-
-
-def _best_trial(config: Config, best: TrialSummary, outcome: SweepOutcome, context, tracker, echo) -> None:
-    """Copy the best trial's checkpoint, evaluate it once on the unseen test classes, register it."""
-    import ray.train
-
-    from pipelines.evaluate import evaluate_checkpoint
-    from pipelines.tracking import Tracker, register_checkpoint
-
-    name, run_dir = outcome.name, outcome.dir
-    best_dir = run_dir / "best"
-    if best_dir.exists():
-        shutil.rmtree(best_dir)
-    from pipelines import storage
-
-    filesystem, path = storage.resolve(best.checkpoint)  # an s3:// or local checkpoint of the trial's run
-    ray.train.Checkpoint(path, filesystem=filesystem).to_directory(str(best_dir))
-    (best_dir / "train_state.pt").unlink(missing_ok=True)
-    outcome.best_checkpoint = best_dir
-    echo(f"[{name}] best trial {best.trial_id}: {best.metric} {best.score:.4f} (epoch {best.best_epoch}) -> {best_dir}")
-    best_config = _best_config(config, best)
-    child = Tracker.attach(tracker.tracking_uri, best.mlflow_run_id) if best.mlflow_run_id else tracker
-    if config.train.eval_at_end:
-        echo(f"[{name}] evaluating the best trial on the unseen test classes")
-        evaluation = evaluate_checkpoint(
-            best_dir, context.prepared, out_dir=run_dir / "eval-test", config=best_config, role="test",
-            mlflow_run=child.run_id,
-        )  # fmt: skip
-        outcome.test_metrics = evaluation.metrics
-        flat = {f"test_{m}_{k}": v for m, d in evaluation.metrics.items() for k, v in d.items()}
-        tracker.log_metrics(flat)
-        child.log_metrics(flat)
-        tracker.log_artifact(run_dir / "eval-test", "best-report")
-    if config.tracking.register_model:
-        registered_name = config.registered_model_name
-        val_score = _checkpoint_val_score(best)
-        registration = register_checkpoint(
-            child,
-            best_dir,
-            registered_name,
-            metric_name=f"val_{config.train.val_metric}",
-            metric_value=val_score,
-            tags={"method": config.model.method, "setting": config.setting, "sweep": name, "trial": best.trial_id},
-        )
-        outcome.registered = f"models:/{registration.name}/{registration.version}"
-        champion = " (new champion)" if registration.champion else " (the champion stays)"
-        echo(f"[{name}] registered {outcome.registered}{champion}")
-
-
-def _checkpoint_val_score(best: TrialSummary) -> float:
-    """The val_score of the epoch whose checkpoint was kept: what the champion rule compares."""
-    scores = [row["val_score"] for row in best.curve if row.get("val_score", -1) >= 0]
-    if not scores:
-        raise SweepError(f"trial {best.trial_id} has no validated epoch to register")
-    return max(scores)
-
-
-def _notes(config: Config, dimensions: list[Dimension], summaries: list[TrialSummary], outcome: SweepOutcome):
-    tune = config.tune
-    counts = {reason: sum(s.stop_reason == reason for s in summaries) for reason in (COMPLETED, STOPPED, FAILED)}
-    notes = [
-        f"{config.model.method} on {config.setting}; {len(summaries)} trials, {tune.search_alg} search, "
-        + (
-            f"ASHA (max {tune.max_t or config.train.epochs} epochs, grace {tune.grace_period}, "
-            f"reduction factor {tune.reduction_factor})"
-            if tune.scheduler == "asha"
-            else f"FIFO ({config.train.epochs} epochs each)"
-        ),
-        f"ranked by {tune.metric} ({tune.mode}) on the validation classes; the unseen test classes are used only "
-        "for the best trial, once",
-        f"{counts[COMPLETED]} completed, {counts[STOPPED]} stopped early, {counts[FAILED]} failed",
-        "searched: " + "; ".join(f"{d.key} {d.kind} {list(d.values)}" for d in dimensions),
-    ]
-    if outcome.registered:
-        notes.append(f"best trial registered as {outcome.registered}")
-    return notes

@@ -113,7 +113,7 @@ def test_search_settings_that_cannot_work_are_refused(overrides, space, needle):
 
 
 def test_the_grid_searcher_expands_choices_and_counts_its_points():
-    from tune.sweep import _grid_points, param_space
+    from tune.search import _grid_points, param_space
 
     dims = parse_space({"model.zse.kernel_count": {"choice": [5, 9, 13]}, "train.lr": {"grid": [1e-5, 1e-4]}})
     assert param_space(dims, "grid")["model.zse.kernel_count"] == {"grid_search": [5, 9, 13]}
@@ -136,7 +136,7 @@ def _result(trial_id: str, epochs: int, error: Exception | None = None, checkpoi
 
 
 def test_trials_are_classified_completed_stopped_failed_or_unfinished():
-    from tune.sweep import _summaries
+    from tune.results import _summaries
 
     config = load_config("synthetic_zse", ["train.epochs=3"])
     dims = load_space("zse_kernels")
@@ -153,7 +153,8 @@ def test_trials_are_classified_completed_stopped_failed_or_unfinished():
 
 
 def test_retried_trials_carry_their_failure_count_into_the_table_and_the_progress_lines():
-    from tune.sweep import SweepProgress, _summaries
+    from tune.progress import SweepProgress
+    from tune.results import _summaries
 
     lines: list[str] = []
     progress = SweepProgress(lines.append, "s", 2, "val_score", "max")
@@ -175,7 +176,7 @@ def test_retried_trials_carry_their_failure_count_into_the_table_and_the_progres
 
 
 def test_a_retried_trials_repeated_epochs_count_once_and_the_retry_has_the_last_word():
-    from tune.sweep import _summaries
+    from tune.results import _summaries
 
     # Attempt 1 reported epochs 1-2 (2 without a kept checkpoint) and died; the retry replayed epoch 1
     # from its checkpoint, then trained epochs 2 and 3 again.
@@ -223,7 +224,7 @@ def test_a_restarted_trial_replays_the_epochs_its_ray_train_run_already_finished
     import torch
 
     from sbir.checkpoint import META_FILE
-    from tune.sweep import _checkpoint_path
+    from tune.results import _checkpoint_path
     from tune.trial import RAY_TRAIN_SNAPSHOT, earlier_epochs
 
     assert earlier_epochs(str(tmp_path / "never-ran")) == []
