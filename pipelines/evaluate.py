@@ -142,7 +142,7 @@ def _run_info(checkpoint, meta, config, family, manifest, prepared, role, target
         "size": getattr(section, "size", None) or getattr(section, "backbone", None),
         "stem": section.stem,
         "modes": modes,
-        "rerank_k": config.eval.rerank_k if "rn_rerank" in family.modes else None,
+        "rerank_k": config.eval.rerank_k if family.rerank_mode is not None else None,
         "tie_break": f"{config.eval.tie_break} (seed {config.eval.tie_seed})",
         "score_precision": config.eval.eval_precision,
         "selection": config.train.model_selection,

@@ -12,16 +12,17 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.embed import EncodedRole
 from pipelines.prepare import read_prepared
 from sbir.config import Config
 from sbir.inference.evaluate import Evaluation
-from sbir.inference.gallery import RERANK_OFFSET
+from sbir.inference.search import RERANK_OFFSET
 from sbir.inference.transforms import ImageTransform
 from sbir.methods import MethodFamily
 from sbir.reports import (
@@ -35,9 +36,6 @@ from sbir.reports import (
     top_k_rankings,
     write_report,
 )
-
-if TYPE_CHECKING:
-    from pipelines.evaluate import EncodedRole
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +111,8 @@ def write_evaluation_report(out: Path, inputs: ReportInputs) -> ReportFiles:
         matrix = scores[mode][queries].numpy()
         rankings = top_k_rankings(matrix, k)
         shown = np.take_along_axis(matrix, rankings, axis=1)
-        if mode == "rn_rerank":  # re-ranked photos score RERANK_OFFSET + r in the matrix; show r itself
+        # re-ranked photos score RERANK_OFFSET + r in the matrix; show r itself
+        if mode == inputs.family.rerank_mode:
             shown = np.where(shown >= RERANK_OFFSET, shown - RERANK_OFFSET, shown)
         wanted = {str(sketches["path"][q]) for q in queries} | {str(photos["path"][j]) for j in rankings.ravel()}
         data = _images_by_path(inputs.prepared, wanted)
