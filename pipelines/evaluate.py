@@ -20,7 +20,7 @@ from torch import nn
 from pipelines.embed import EncodedRole, embed_role
 from pipelines.prepare import DataSource, ensure_prepared, read_manifest
 from pipelines.report import ReportInputs, RunInfo, write_evaluation_report
-from sbir.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta
+from sbir.checkpoint import CheckpointMeta, load_weights, read_checkpoint_meta
 from sbir.config import Config, EvalTarget
 from sbir.data.classes import class_overlap
 from sbir.data.manifest import PreparedManifest
@@ -60,17 +60,19 @@ def evaluate_checkpoint(
     target: EvalTarget | None = None,
     baseline: Path | None = None,
     mlflow_run: str | None = None,
+    meta: CheckpointMeta | None = None,
 ) -> EvalResult:
     """Evaluate a project checkpoint on one role of a prepared dataset (or a cross-dataset target).
 
     `baseline` is the report folder of the same model untrained, whose curves the PR plot draws beside
-    this one's; `mlflow_run` names the run the report belongs to.
+    this one's; `mlflow_run` names the run the report belongs to; `meta` is the checkpoint's metadata
+    where the caller has read it already (it is not read again).
     """
     started = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out_dir)
-    meta = read_checkpoint_meta(checkpoint)
+    meta = meta if meta is not None else read_checkpoint_meta(checkpoint)  # the one read of the metadata
     config = config or meta.config
-    model, _ = load_checkpoint(checkpoint, device=resolve_device(config.eval.device))
+    model = load_weights(checkpoint, meta, device=resolve_device(config.eval.device))
     family = family_of(meta.config)
     if target is not None:
         prepared, role = prepare_target(target, out.parent), "test"

@@ -72,7 +72,7 @@ def evaluate(
     ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
     from pipelines.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(directory, prepared, out_dir=report_dir, config=cfg, role=role)
+    result = evaluate_checkpoint(directory, prepared, out_dir=report_dir, config=cfg, role=role, meta=meta)
     typer.echo(metrics_table({f"{meta.method}/{m}": v for m, v in result.metrics.items()}))
     typer.echo(f"report: {result.report}\nmetrics: {result.report_json}")
 
