@@ -1,14 +1,17 @@
 """`sbir eval`: embed queries and gallery with Ray Data batch inference, score every mode, write a report.
 
-The encoding runs in an actor pool (``EmbedBatch``: one ``sbir.inference.Encoder`` per actor, loaded once);
-the driver builds the method's gallery from the encoded photos and scores it with
-``sbir.inference.evaluate``: the same code path that validation and serving use.
+:func:`run_evaluation` is the command's workload, as :func:`pipelines.train.run_training` is `sbir train`'s:
+it resolves and checks the checkpoint, merges the configs, picks the report folder and the data (every
+check before Ray starts), then evaluates. The encoding runs in an actor pool (``EmbedBatch``: one
+``sbir.inference.Encoder`` per actor, loaded once); the driver builds the method's gallery from the encoded
+photos and scores it with ``sbir.inference.evaluate``: the same code path that validation and serving use.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +21,14 @@ import numpy as np
 from torch import nn
 
 from pipelines.embed import EncodedRole, embed_role
-from pipelines.prepare import DataSource, ensure_prepared, read_manifest
+from pipelines.prepare import DataSource, ensure_prepared, prepare_training_data, read_manifest
+from pipelines.ray_runtime import ensure_ray
 from pipelines.report import ReportInputs, RunInfo, write_evaluation_report
-from sbir.checkpoint import CheckpointMeta, load_weights, read_checkpoint_meta
-from sbir.config import Config, EvalTarget
+from sbir.checkpoint import CheckpointMeta, check_checkpoint, load_weights, read_checkpoint_meta
+from sbir.config import Config, EvalTarget, config_for_checkpoint, load_config, with_absolute_paths
 from sbir.data.classes import class_overlap
 from sbir.data.manifest import PreparedManifest
-from sbir.errors import SbirError
+from sbir.errors import SbirError, UsageError
 from sbir.inference.encoder import resolve_device
 from sbir.inference.evaluate import Evaluation, evaluate_gallery
 from sbir.inference.gallery import Gallery, items_from_rows
@@ -36,11 +40,69 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalResult:
-    """Metrics per run column (``<mode>`` and, cross-dataset, ``<mode>/disjoint``) and the report files."""
+    """Metrics per run column (``<mode>`` and, cross-dataset, ``<mode>/disjoint``), the report files, and the
+    method they measure (the model/mode rows a table names)."""
 
     metrics: dict[str, dict[str, float]]
     report: Path
     report_json: Path
+    method: str
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """One `sbir eval`: the checkpoint, the role and data it is scored on, where the report goes, and the
+    user's config (a file or preset, and overrides) that applies on top of the checkpoint's own."""
+
+    checkpoint: str  # a checkpoint dir, an MLflow run id, runs:/… or models:/name@alias
+    role: str = "test"  # the prepared role: test (unseen), val or train
+    prepared: str | None = None  # None: data.prepared, or prepared from data.root
+    out: Path | None = None  # None: a new folder under <run.dir>/eval/
+    overwrite: bool = False  # replace a report already in `out`
+    config_source: str | None = None  # a YAML file or preset name
+    overrides: tuple[str, ...] = ()  # dotted overrides, e.g. eval.modes=[ret]
+
+
+def run_evaluation(request: EvaluationRequest) -> EvalResult:
+    """Evaluate a checkpoint and write its report: whatever needs no cluster (reference, checkpoint files,
+    config, report folder, data) is checked before Ray starts, and the checkpoint's metadata is read once."""
+    from pipelines.tracking import resolve_checkpoint
+
+    overrides = list(request.overrides)
+    user = load_config(request.config_source, overrides)  # the user's input, validated on its own
+    directory = resolve_checkpoint(request.checkpoint, user.tracking.uri, runs_dir=user.run.dir)
+    meta = check_checkpoint(directory)  # a corrupt checkpoint fails here, before Ray starts
+    config = with_absolute_paths(config_for_checkpoint(meta.config, request.config_source, overrides))
+    out = report_folder(request.out, Path(config.run.dir), request.checkpoint, request.role, request.overwrite)
+    prepared = _prepared_data(request.prepared, config)
+    ensure_ray(config.run.ray_address, timeout_s=config.run.ray_connect_timeout_s)
+    return evaluate_checkpoint(directory, prepared, out_dir=out, config=config, role=request.role, meta=meta)
+
+
+def report_folder(out: Path | None, run_dir: Path, reference: str, role: str, overwrite: bool) -> Path:
+    """Where an evaluation writes: `out` (never over an existing report unless `overwrite`), else a new
+    folder ``<run.dir>/eval/<reference>-<role>-<time>`` that no other evaluation uses."""
+    if out is not None:
+        if (out / "report.json").exists() and not overwrite:
+            raise UsageError(f"{out} already holds a report; pass --overwrite to replace it, or another --out")
+        return out
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", reference).strip("-.")[-80:] or "checkpoint"
+    base = run_dir / "eval" / f"{slug}-{role}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _prepared_data(prepared: str | None, config: Config) -> str:
+    """The prepared dataset to evaluate on: the one named (its manifest read, so a missing or unreachable
+    dataset fails before Ray starts), else the config's, prepared from data.root if need be."""
+    if prepared is not None:
+        read_manifest(prepared)
+        return prepared
+    prepared, _ = prepare_training_data(config, check_selection=False)
+    return prepared
 
 
 def prepare_target(target: EvalTarget, run_dir: Path) -> str:
@@ -109,7 +171,7 @@ def evaluate_checkpoint(
     )
     report = write_evaluation_report(out, inputs)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return EvalResult(metrics=metrics, report=report.html, report_json=report.json)
+    return EvalResult(metrics=metrics, report=report.html, report_json=report.json, method=meta.method)
 
 
 @dataclass
