@@ -10,18 +10,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.embed import EncodedRole
 from pipelines.prepare import read_prepared
 from sbir.config import Config
 from sbir.inference.evaluate import Evaluation
-from sbir.inference.gallery import RERANK_OFFSET
+from sbir.inference.search import RERANK_OFFSET
 from sbir.inference.transforms import ImageTransform
 from sbir.methods import MethodFamily
 from sbir.reports import (
@@ -36,13 +37,36 @@ from sbir.reports import (
     write_report,
 )
 
-if TYPE_CHECKING:
-    from pipelines.evaluate import EncodedRole
-
 logger = logging.getLogger(__name__)
 
 CURVES_FILE = "curves.json"  # the PR curves of a report, so a later report can draw them as a baseline
 EXPLANATION_SIDE = 224  # explanation images are scaled up to about this many pixels a side
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the report's run table names: the setting and data, the checkpoint and its run, the sizes, a
+    summary of the config behind the numbers, and the timings."""
+
+    setting: str
+    dataset: str
+    split: str
+    role: str
+    target: str | None  # the cross-dataset target's name; None on the training dataset
+    prepared: str
+    checkpoint: str
+    run: str | None  # the training run's name, where the checkpoint records it
+    epoch: int | None
+    mlflow_run: str | None
+    queries: int
+    gallery: int
+    classes: int
+    config: dict[str, Any]
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run table's rows, in field order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -54,7 +78,7 @@ class ReportInputs:
     config: Config
     evaluation: Evaluation
     metrics: dict[str, dict[str, float]]
-    info: dict[str, Any]
+    info: RunInfo
     notes: list[str]
     encoded: EncodedRole
     prepared: str
@@ -92,7 +116,7 @@ def _baseline_curves(baseline: Path | None) -> dict[str, tuple[np.ndarray, np.nd
 
 def _pr_plot(inputs: ReportInputs, out: Path) -> Path:
     info = inputs.info
-    title = f"{info.get('setting')} · {info.get('target') or info.get('role')} role · {info.get('run') or 'checkpoint'}"
+    title = f"{info.setting} · {info.target or info.role} role · {info.run or 'checkpoint'}"
     chance = chance_precision(inputs.encoded.sketches["class_id"], inputs.encoded.photos["class_id"])
     return plot_precision_recall(
         _curves(inputs, out), out / "precision_recall.png", title, _baseline_curves(inputs.baseline), chance
@@ -113,7 +137,8 @@ def write_evaluation_report(out: Path, inputs: ReportInputs) -> ReportFiles:
         matrix = scores[mode][queries].numpy()
         rankings = top_k_rankings(matrix, k)
         shown = np.take_along_axis(matrix, rankings, axis=1)
-        if mode == "rn_rerank":  # re-ranked photos score RERANK_OFFSET + r in the matrix; show r itself
+        # re-ranked photos score RERANK_OFFSET + r in the matrix; show r itself
+        if mode == inputs.family.rerank_mode:
             shown = np.where(shown >= RERANK_OFFSET, shown - RERANK_OFFSET, shown)
         wanted = {str(sketches["path"][q]) for q in queries} | {str(photos["path"][j]) for j in rankings.ravel()}
         data = _images_by_path(inputs.prepared, wanted)
@@ -149,10 +174,9 @@ def write_evaluation_report(out: Path, inputs: ReportInputs) -> ReportFiles:
             rows.append(ReportRow(f"Query {n}: {names[int(sketches['class_id'][q])]} and its top photo", pictures))
     return write_report(
         out,
-        title=f"{inputs.family.title} evaluation: {inputs.info.get('setting')}, "
-        f"{inputs.info.get('target') or inputs.info.get('role')} role",
+        title=f"{inputs.family.title} evaluation: {inputs.info.setting}, {inputs.info.target or inputs.info.role} role",
         metrics=inputs.metrics,
-        info=inputs.info,
+        info=inputs.info.to_dict(),
         images=images,
         notes=inputs.notes,
         rows=rows,

@@ -150,10 +150,16 @@ def weights_sha256(directory: str | Path) -> str:
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model from the stored config and load its weights strictly, onto ``device``."""
+    meta = read_checkpoint_meta(directory)
+    return load_weights(directory, meta, device), meta
+
+
+def load_weights(directory: str | Path, meta: CheckpointMeta, device: str | torch.device = "cpu") -> nn.Module:
+    """The model ``meta`` describes with the directory's weights loaded strictly, onto ``device``: for a caller
+    that has read the metadata already (:func:`check_checkpoint`), so it is not read again."""
     from sbir.methods import family_of
 
     directory = Path(directory)
-    meta = read_checkpoint_meta(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
@@ -169,4 +175,4 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         )
     model.to(device)
     model.eval()
-    return model, meta
+    return model

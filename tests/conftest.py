@@ -159,11 +159,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def no_ray(monkeypatch):
     """Fail the test if the command gets as far as connecting to Ray (its checks must come first)."""
+    import pipelines.evaluate
     import pipelines.ray_runtime
     import pipelines.train
 
     def refuse(*args, **kwargs):
         raise AssertionError("the command connected to Ray before checking its input")
 
-    for module in (pipelines.ray_runtime, pipelines.train):
+    for module in (pipelines.ray_runtime, pipelines.train, pipelines.evaluate):
         monkeypatch.setattr(module, "ensure_ray", refuse)

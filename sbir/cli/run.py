@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -54,40 +52,17 @@ def evaluate(
     """
     if role not in ("test", "val", "train"):
         raise UsageError(f"--role must be test, val or train, got {role!r}")
-    from pipelines.prepare import prepare_training_data, read_manifest
-    from pipelines.ray_runtime import ensure_ray
-    from pipelines.tracking import resolve_checkpoint
-    from sbir.checkpoint import check_checkpoint
-    from sbir.config import config_for_checkpoint, with_absolute_paths
+    from pipelines.evaluate import EvaluationRequest, run_evaluation
 
-    user = config_from(config, overrides)  # the user's input, validated on its own
-    directory = resolve_checkpoint(checkpoint, user.tracking.uri, runs_dir=user.run.dir)
-    meta = check_checkpoint(directory)  # a corrupt checkpoint fails here, before Ray starts
-    cfg = with_absolute_paths(config_for_checkpoint(meta.config, config, overrides))
-    report_dir = report_folder(out, Path(cfg.run.dir), checkpoint, role, overwrite)
-    if prepared is not None:
-        read_manifest(prepared)  # a missing or unreachable dataset fails before Ray starts
-    else:
-        prepared, _ = prepare_training_data(cfg, check_selection=False)
-    ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
-    from pipelines.evaluate import evaluate_checkpoint
-
-    result = evaluate_checkpoint(directory, prepared, out_dir=report_dir, config=cfg, role=role)
-    typer.echo(metrics_table({f"{meta.method}/{m}": v for m, v in result.metrics.items()}))
+    request = EvaluationRequest(
+        checkpoint=checkpoint,
+        role=role,
+        prepared=prepared,
+        out=out,
+        overwrite=overwrite,
+        config_source=config,
+        overrides=tuple(overrides or ()),
+    )
+    result = run_evaluation(request)
+    typer.echo(metrics_table({f"{result.method}/{m}": v for m, v in result.metrics.items()}))
     typer.echo(f"report: {result.report}\nmetrics: {result.report_json}")
-
-
-def report_folder(out: Path | None, run_dir: Path, reference: str, role: str, overwrite: bool) -> Path:
-    """Where an evaluation writes: `out` (never over an existing report unless `overwrite`), else a new
-    folder ``<run.dir>/eval/<reference>-<role>-<time>`` that no other evaluation uses."""
-    if out is not None:
-        if (out / "report.json").exists() and not overwrite:
-            raise UsageError(f"{out} already holds a report; pass --overwrite to replace it, or another --out")
-        return out
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", reference).strip("-.")[-80:] or "checkpoint"
-    base = run_dir / "eval" / f"{slug}-{role}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate

@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from sbir.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from sbir.checkpoint import (
+    CheckpointError,
+    check_checkpoint,
+    load_checkpoint,
+    load_weights,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from sbir.config import load_config
 from sbir.methods import family_of
 
@@ -80,3 +87,17 @@ def test_weights_that_do_not_match_the_config_are_rejected(tmp_path, tiny_zse):
     (path / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not match the stored config"):
         load_checkpoint(path)
+
+
+def test_weights_load_from_metadata_already_read_without_reading_it_again(tmp_path):
+    """`sbir eval` checks a checkpoint before Ray starts and loads it after: its metadata is read once."""
+    cfg = load_config("synthetic_zse")
+    torch.manual_seed(3)
+    saved = build_model(cfg.model).eval()
+    path = save_checkpoint(tmp_path / "c", saved, cfg, classes={"seen": ["a", "b"]})
+    meta = check_checkpoint(path)
+    (path / "checkpoint.json").write_text("{not json")  # what a second read would stumble on
+    model = load_weights(path, meta)
+    assert not model.training
+    for (k1, v1), (k2, v2) in zip(saved.state_dict().items(), model.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2), k1

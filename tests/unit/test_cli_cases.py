@@ -14,9 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pipelines.evaluate import report_folder
 from sbir.checkpoint import save_checkpoint
 from sbir.cli import app
-from sbir.cli.run import report_folder
 from sbir.config import ConfigError, config_for_checkpoint, load_config, with_absolute_paths
 from sbir.errors import SbirError
 from sbir.methods import family_of
