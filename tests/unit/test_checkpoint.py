@@ -93,7 +93,7 @@ def test_weights_load_from_metadata_already_read_without_reading_it_again(tmp_pa
     """`sbir eval` checks a checkpoint before Ray starts and loads it after: its metadata is read once."""
     cfg = load_config("synthetic_zse")
     torch.manual_seed(3)
-    saved = build_model(cfg.model).eval()
+    saved = family_of(cfg).build_model(cfg.model).eval()
     path = save_checkpoint(tmp_path / "c", saved, cfg, classes={"seen": ["a", "b"]})
     meta = check_checkpoint(path)
     (path / "checkpoint.json").write_text("{not json")  # what a second read would stumble on
