@@ -1,1 +1,1 @@
-"""Ray Tune sweeps (prompt lengths, kernel widths, presets); arrives with the sweeps issue."""
+"""Ray Tune sweeps over the training driver: space, trials, progress, results and finish (docs/tuning.md)."""

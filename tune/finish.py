@@ -10,19 +10,22 @@ import shutil
 from sbir.config import Config, dump_config, with_values
 from sbir.reports.sweep import COMPLETED, FAILED, STOPPED, TrialSummary, rank, write_sweep_report
 from tune.outcome import SweepError, SweepOutcome
-from tune.results import _close_child_runs, _summaries
-from tune.search import _grid_points
+from tune.results import close_child_runs, trial_summaries
+from tune.search import grid_points
 from tune.space import Dimension
 from tune.trial import TrialContext
 
 
-def _finish(config: Config, dimensions: list[Dimension], results, *, run, context: TrialContext, tracker, progress):
+def finish_sweep(
+    config: Config, dimensions: list[Dimension], results, *, run, context: TrialContext, tracker, progress
+):
+    """Rank the trials, evaluate and register the best, write the report; the sweep's outcome."""
     name, echo = run.dir.name, progress.echo
     # Tune returns normally when Ctrl-C stops it; trials it did not end (or never started) mean interrupted.
-    total = config.tune.num_samples * _grid_points(dimensions, config.tune.search_alg)
+    total = config.tune.num_samples * grid_points(dimensions, config.tune.search_alg)
     interrupted = results.num_terminated + results.num_errors < total
-    summaries = _summaries(config, dimensions, results, interrupted, progress.retries)
-    _close_child_runs(tracker, name, summaries)
+    summaries = trial_summaries(config, dimensions, results, interrupted, progress.retries)
+    close_child_runs(tracker, name, summaries)
     ranked = rank(summaries)
     outcome = SweepOutcome(
         name, run.dir, ranked, tracking_uri=tracker.tracking_uri, parent_run_id=tracker.run_id, interrupted=interrupted

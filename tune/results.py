@@ -17,7 +17,7 @@ from tune.trial import PARENT_TAG, TRIAL_TAG
 logger = logging.getLogger("tune.sweep")  # the sweep's logger: its lines keep the name they had before the split
 
 
-def _summaries(
+def trial_summaries(
     config: Config, dimensions: list[Dimension], results, interrupted: bool, retries: dict[str, int] | None = None
 ) -> list[TrialSummary]:
     """Each trial's searched values, per-epoch curve and why it stopped, read from Tune's results."""
@@ -91,7 +91,7 @@ def _checkpoint_path(rows: list[dict[str, Any]], on_s3: bool) -> str | None:
     return f"s3://{path}" if on_s3 and not path.startswith("s3://") else path
 
 
-def _close_child_runs(tracker, name: str, summaries: list[TrialSummary]) -> None:
+def close_child_runs(tracker, name: str, summaries: list[TrialSummary]) -> None:
     """Tag each trial's MLflow run with its stop reason and end it (a stopped trial cannot end its own run)."""
     client = tracker.client
     experiment = client.get_run(tracker.run_id).info.experiment_id

@@ -40,7 +40,8 @@ def param_space(dimensions: list[Dimension], search_alg: str) -> dict[str, Any]:
     return {d.key: d.to_tune() for d in dimensions}
 
 
-def _searcher(config: Config):
+def searcher(config: Config):
+    """The Tune search algorithm of tune.search_alg (random and grid: Tune's own variant generator)."""
     tune = config.tune
     if tune.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -51,7 +52,8 @@ def _searcher(config: Config):
     return BasicVariantGenerator(random_state=tune.seed, max_concurrent=tune.max_concurrent_trials)
 
 
-def _scheduler(config: Config):
+def scheduler(config: Config):
+    """ASHA on the trial's own epoch, or FIFO (every trial runs all its epochs)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     tune = config.tune
@@ -65,7 +67,8 @@ def _scheduler(config: Config):
     )
 
 
-def _grid_points(dimensions: list[Dimension], search_alg: str) -> int:
+def grid_points(dimensions: list[Dimension], search_alg: str) -> int:
+    """How many configurations one pass over the grid dimensions expands to."""
     points = 1
     for d in dimensions:
         if d.kind == "grid" or (search_alg == "grid" and d.kind == "choice"):

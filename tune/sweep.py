@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from sbir.config import Config, dump_config, load_config, with_absolute_paths, with_values
-from tune.finish import _finish
+from tune.finish import finish_sweep
 from tune.outcome import SweepError, SweepOutcome
 from tune.progress import SweepProgress
-from tune.search import _grid_points, _scheduler, _searcher, check_search, param_space
+from tune.search import check_search, grid_points, param_space, scheduler, searcher
 from tune.space import Dimension, check_space, load_space, parse_space
 from tune.trial import SWEEP_TAG, TrialContext, TrialResources, run_trial
 
@@ -128,11 +128,13 @@ def _run(config: Config, dimensions: list[Dimension], run, *, resuming: bool, ec
         f"{', '.join(d.key for d in dimensions)}; {tune.search_alg} search, {tune.scheduler} scheduler, "
         f"{tune.max_concurrent_trials} at a time"
     )
-    total = tune.num_samples * _grid_points(dimensions, tune.search_alg)
+    total = tune.num_samples * grid_points(dimensions, tune.search_alg)
     progress = SweepProgress(echo, name, total, tune.metric, tune.mode)
     try:
         results = _fit(config, dimensions, context, root, resuming=resuming, progress=progress)
-        outcome = _finish(config, dimensions, results, run=run, context=context, tracker=tracker, progress=progress)
+        outcome = finish_sweep(
+            config, dimensions, results, run=run, context=context, tracker=tracker, progress=progress
+        )
     except KeyboardInterrupt:
         run.set_status("INTERRUPTED")
         tracker.finish("KILLED")
@@ -203,8 +205,8 @@ def _fit(config: Config, dimensions: list[Dimension], context: TrialContext, roo
                 num_samples=tune.num_samples,
                 # the random/grid searcher limits concurrency itself; Tune wraps optuna in a limiter
                 max_concurrent_trials=tune.max_concurrent_trials if tune.search_alg == "optuna" else None,
-                search_alg=_searcher(config),
-                scheduler=_scheduler(config),
+                search_alg=searcher(config),
+                scheduler=scheduler(config),
             ),
             run_config=run_config,
         )

@@ -113,11 +113,11 @@ def test_search_settings_that_cannot_work_are_refused(overrides, space, needle):
 
 
 def test_the_grid_searcher_expands_choices_and_counts_its_points():
-    from tune.search import _grid_points, param_space
+    from tune.search import grid_points, param_space
 
     dims = parse_space({"model.zse.kernel_count": {"choice": [5, 9, 13]}, "train.lr": {"grid": [1e-5, 1e-4]}})
     assert param_space(dims, "grid")["model.zse.kernel_count"] == {"grid_search": [5, 9, 13]}
-    assert (_grid_points(dims, "grid"), _grid_points(dims, "random")) == (6, 2)
+    assert (grid_points(dims, "grid"), grid_points(dims, "random")) == (6, 2)
 
 
 def _result(trial_id: str, epochs: int, error: Exception | None = None, checkpoints: bool = True):
@@ -136,25 +136,25 @@ def _result(trial_id: str, epochs: int, error: Exception | None = None, checkpoi
 
 
 def test_trials_are_classified_completed_stopped_failed_or_unfinished():
-    from tune.results import _summaries
+    from tune.results import trial_summaries
 
     config = load_config("synthetic_zse", ["train.epochs=3"])
     dims = load_space("zse_kernels")
     results = [_result("full", 3), _result("cut", 1), _result("broken", 2, RuntimeError("boom\nline"))]
-    reasons = {s.trial_id: s.stop_reason for s in _summaries(config, dims, results, interrupted=False)}
+    reasons = {s.trial_id: s.stop_reason for s in trial_summaries(config, dims, results, interrupted=False)}
     assert reasons == {"full": COMPLETED, "cut": STOPPED, "broken": FAILED}
-    during = {s.trial_id: s.stop_reason for s in _summaries(config, dims, results, interrupted=True)}
+    during = {s.trial_id: s.stop_reason for s in trial_summaries(config, dims, results, interrupted=True)}
     assert during["cut"] == UNFINISHED
-    full = _summaries(config, dims, [_result("full", 3)], interrupted=False)[0]
+    full = trial_summaries(config, dims, [_result("full", 3)], interrupted=False)[0]
     assert full.checkpoint == "/store/full/checkpoint_3" and full.params["train.lr"] == 1e-4
     assert set(full.params) == {d.key for d in dims}
     fifo = load_config("synthetic_zse", ["train.epochs=3", "tune.scheduler=fifo"])
-    assert _summaries(fifo, dims, [_result("cut", 1)], interrupted=False)[0].stop_reason == UNFINISHED
+    assert trial_summaries(fifo, dims, [_result("cut", 1)], interrupted=False)[0].stop_reason == UNFINISHED
 
 
 def test_retried_trials_carry_their_failure_count_into_the_table_and_the_progress_lines():
     from tune.progress import SweepProgress
-    from tune.results import _summaries
+    from tune.results import trial_summaries
 
     lines: list[str] = []
     progress = SweepProgress(lines.append, "s", 2, "val_score", "max")
@@ -168,7 +168,7 @@ def test_retried_trials_carry_their_failure_count_into_the_table_and_the_progres
 
     config = load_config("synthetic_zse", ["train.epochs=3"])
     results = [_result("flaky", 3), _result("steady", 3)]
-    summaries = _summaries(config, load_space("zse_kernels"), results, False, progress.retries)
+    summaries = trial_summaries(config, load_space("zse_kernels"), results, False, progress.retries)
     assert {s.trial_id: s.retries for s in summaries} == {"flaky": 1, "steady": 0}
     header, *rows = trials_table(summaries)
     column = header.index("retries")
@@ -176,7 +176,7 @@ def test_retried_trials_carry_their_failure_count_into_the_table_and_the_progres
 
 
 def test_a_retried_trials_repeated_epochs_count_once_and_the_retry_has_the_last_word():
-    from tune.results import _summaries
+    from tune.results import trial_summaries
 
     # Attempt 1 reported epochs 1-2 (2 without a kept checkpoint) and died; the retry replayed epoch 1
     # from its checkpoint, then trained epochs 2 and 3 again.
@@ -191,7 +191,7 @@ def test_a_retried_trials_repeated_epochs_count_once_and_the_retry_has_the_last_
         metrics_dataframe=pd.DataFrame(rows), metrics=rows[-1], error=None, config={}, path="/store/tune/t"
     )
     config = load_config("synthetic_zse", ["train.epochs=3"])
-    (summary,) = _summaries(config, load_space("zse_kernels"), [result], interrupted=False)
+    (summary,) = trial_summaries(config, load_space("zse_kernels"), [result], interrupted=False)
     assert [(row["epoch"], row["val_score"]) for row in summary.curve] == [(1, 0.1), (2, 0.2), (3, 0.15)]
     assert summary.score == 0.2 and summary.checkpoint == "/store/t/checkpoint_2"
     assert summary.stop_reason == COMPLETED
