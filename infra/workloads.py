@@ -98,8 +98,7 @@ def service_args(spec: ClusterSpec) -> tuple[dict[str, Any], Config]:
 
 def serve_document(spec: ClusterSpec) -> dict[str, Any]:
     """The Serve config of the RayService: exactly what ``sbir serve --write-config`` writes for these settings."""
-    from sbir.methods import family_of
     from serve.config_file import serve_config
 
     args, config = service_args(spec)
-    return serve_config(config, args, with_reranker=family_of(config).reranks)
+    return serve_config(config, args)

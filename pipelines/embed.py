@@ -8,6 +8,7 @@ serving holds exactly the encodings evaluation scores.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +48,18 @@ class EmbedBatch:
     """Ray Data UDF (actor): load the checkpoint once, then encode batches of encoded image bytes."""
 
     def __init__(
-        self, checkpoint: str, transform: ImageTransform, device: str, batch_size: int, keep_images: bool = False
+        self,
+        checkpoint: str,
+        transform: ImageTransform,
+        device: str,
+        batch_size: int,
+        keep_images: bool = False,
+        threads: int = 1,
     ) -> None:
         import torch
 
         if device == "cpu":
-            torch.set_num_threads(1)  # actors share the node's cores
+            torch.set_num_threads(threads)  # the actor's own CPUs (Ray gives a fractional actor one thread)
         model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
         self.encoder = Encoder(model, family_of(meta.config), transform, batch_size=batch_size)
         self.columns = (*META_COLUMNS, "image") if keep_images else META_COLUMNS
@@ -114,7 +121,14 @@ def encode_rows(
     device = "cuda" if eval_cfg.gpus_per_worker > 0 else "cpu"
     return ds.map_batches(
         EmbedBatch,
-        fn_constructor_args=(str(checkpoint), transform, device, eval_cfg.batch_size, keep_images),
+        fn_constructor_args=(
+            str(checkpoint),
+            transform,
+            device,
+            eval_cfg.batch_size,
+            keep_images,
+            max(1, math.ceil(eval_cfg.cpus_per_worker)),
+        ),
         batch_size=eval_cfg.batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=eval_cfg.num_workers),

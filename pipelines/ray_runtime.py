@@ -65,6 +65,7 @@ def ensure_ray(
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(2 * local_cpus()))
         try:
             ray.init(
+                address="local",  # a cluster of its own, even when `ray start` runs one on this machine
                 num_cpus=num_cpus or local_cpus(),
                 include_dashboard=dashboard,
                 log_to_driver=verbose,

@@ -1,19 +1,17 @@
 """The application builder of the endpoint: ``serve.app:build_app`` (docs/serving.md).
 
 ``sbir serve``, ``serve run``, ``serve deploy`` and KubeRay's ``serveConfigV2`` all build the application
-here from typed :class:`serve.settings.AppArgs`: Ingress -> (SketchEncoder, GalleryIndex, and a Reranker
-for a method with a re-rank mode), each with its own replicas and resources from ``serve.*``.
+here from typed :class:`serve.settings.AppArgs`: the Ingress (HTTP, the sketch encoder and, with one shard,
+the gallery) and, with ``serve.gallery.shards`` = N > 1, N GalleryShard deployments, each with its own
+replicas and resources from ``serve.*``.
 (No ``from __future__ import annotations`` here: Ray reads the builder's annotation at run time.)
 """
 
 from ray import serve
 
-from sbir.errors import SbirError
-from sbir.methods import get_family
-from serve.deployments import GalleryIndex, Reranker, SketchEncoder
 from serve.ingress import Ingress
-from serve.model import resolve_serving
-from serve.settings import AppArgs, AppSettings, settings_from_args
+from serve.settings import AppArgs, settings_from_args
+from serve.shards import GalleryShardDeployment, shard_name
 
 
 def build_app(args: AppArgs) -> serve.Application:
@@ -21,18 +19,19 @@ def build_app(args: AppArgs) -> serve.Application:
     settings, config = settings_from_args(args)
     cfg = settings.serve
     device = config.eval.device
-    encoder = SketchEncoder.options(**cfg.encoder.serve_options()).bind(
-        cfg.max_batch_size, cfg.batch_wait_timeout_s, device
-    )
-    index = GalleryIndex.options(**cfg.index.serve_options()).bind()
-    reranker = Reranker.options(**cfg.reranker.serve_options()).bind(device) if _wants_reranker(settings) else None
-    return Ingress.options(**cfg.ingress.serve_options()).bind(settings, encoder, index, reranker)
-
-
-def _wants_reranker(settings: AppSettings) -> bool:
-    """A re-rank deployment for methods with a re-rank mode (known from the checkpoint, without loading it)."""
-    try:
-        resolved = resolve_serving(settings.model, settings.gallery, settings.tracking_uri, settings.runs_dir)
-    except SbirError:
-        return True  # the ingress reports the problem on /readyz; keep the deployment graph complete
-    return get_family(resolved.method).reranks
+    gallery = cfg.gallery
+    shards = []
+    if gallery.shards > 1:
+        options = gallery.shard.serve_options()
+        for index in range(gallery.shards):
+            shards.append(
+                GalleryShardDeployment.options(name=shard_name(index), **options).bind(
+                    index,
+                    gallery.shards,
+                    device,
+                    gallery.shard.compute_threads,
+                    cfg.max_batch_size,
+                    gallery.sync_interval_s,
+                )
+            )
+    return Ingress.options(**cfg.ingress.serve_options()).bind(settings, device, shards)

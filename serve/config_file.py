@@ -31,11 +31,14 @@ class ServeConfigFileError(SbirError):
     exit_code = 2
 
 
-def _deployments(config: Config, with_reranker: bool) -> list[dict[str, Any]]:
+def _deployments(config: Config) -> list[dict[str, Any]]:
+    """The Ingress and, for a sharded gallery, one GalleryShard deployment per shard (what build_app binds)."""
+    from serve.shards import shard_name
+
     cfg = config.serve
-    parts = [("Ingress", cfg.ingress), ("SketchEncoder", cfg.encoder), ("GalleryIndex", cfg.index)]
-    if with_reranker:
-        parts.append(("Reranker", cfg.reranker))
+    parts = [("Ingress", cfg.ingress)]
+    if cfg.gallery.shards > 1:
+        parts += [(shard_name(i), cfg.gallery.shard) for i in range(cfg.gallery.shards)]
     return [{"name": name, **deployment.serve_options()} for name, deployment in parts]
 
 
@@ -43,7 +46,6 @@ def serve_config(
     config: Config,
     args: dict[str, Any],
     *,
-    with_reranker: bool = True,
     working_dir: str | None = None,
 ) -> dict[str, Any]:
     """The Serve config dict for these builder ``args`` (model, gallery, config, overrides …)."""
@@ -52,7 +54,7 @@ def serve_config(
         "route_prefix": "/",
         "import_path": IMPORT_PATH,
         "args": {k: v for k, v in args.items() if v not in (None, [], "")},
-        "deployments": _deployments(config, with_reranker),
+        "deployments": _deployments(config),
     }
     if working_dir is not None:
         application["runtime_env"] = {"working_dir": working_dir, "excludes": WORKING_DIR_EXCLUDES}

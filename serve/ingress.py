@@ -1,15 +1,18 @@
-"""The endpoint's HTTP routes: a FastAPI ingress over the encoder, index and re-rank deployments (docs/serving.md).
+"""The endpoint's ingress: HTTP routes, the sketch encoder and (with one shard) the gallery, in one replica.
 
 Every request is checked before a model sees it (``serve.requests``); the API key is a FastAPI dependency
 of every route that reads or changes data; problems are answered as JSON ``{"error": ...}`` with a 4xx
 status (``serve.http``). The routes only parse and answer: which version is served is ``serve.versions``'s
-job, the search itself ``serve.stages``'s.
+job, the batched search ``serve.retriever``'s, and the gallery lives in this replica
+(``serve.gallery.LocalGallery``) or in the GalleryShard deployments (``serve.shards``).
 (No ``from __future__ import annotations`` here: Serve's class-based ingress reads route signatures at run time.)
 """
 
+import asyncio
 import base64
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from sbir.errors import SbirError
-from sbir.inference.saved_gallery import find_image
-from sbir.methods import get_family
+from sbir.inference.encoder import Encoder
+from sbir.inference.gallery import GalleryItem
+from sbir.inference.saved_gallery import ShardSpec, find_image
 from serve import http
+from serve.gallery import GalleryView, LocalGallery, ShardedGallery
+from serve.holder import ShardHolder
 from serve.http import error_response, media_type, read_body, read_form, require_api_key
 from serve.metrics import EndpointMetrics
 from serve.model import ServingModel
@@ -39,9 +45,10 @@ from serve.requests import (
     photo_name,
     search_query,
 )
+from serve.retriever import Retriever, SearchJob
 from serve.settings import AppSettings
-from serve.stages import SearchStages
 from serve.versions import ModelVersions
+from serve.versions_cache import Loaded
 
 logger = logging.getLogger(__name__)
 
@@ -95,25 +102,80 @@ _SKETCH_BODY = {
 }
 
 
+def _result(rank: int, item: GalleryItem, score: float) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "id": item.id,
+        "score": score,
+        "class": item.class_name,
+        "path": item.path,
+        "image_url": f"/v1/gallery/{item.id}/image",
+    }
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    """HTTP in front of the model deployments."""
+    """HTTP, the encoder and the search pipeline; the gallery in-process or over the shard deployments."""
 
-    async def __init__(
-        self,
-        settings: AppSettings,
-        encoder: DeploymentHandle,
-        index: DeploymentHandle,
-        reranker: DeploymentHandle | None,
-    ) -> None:
+    async def __init__(self, settings: AppSettings, device: str, shards: list[DeploymentHandle]) -> None:
+        import faiss
+        import torch
+
         self.settings = settings
         self.limits = settings.serve
+        self.device = device
+        self.shards = shards
+        threads = self.limits.ingress.compute_threads
+        torch.set_num_threads(threads)  # Ray gives a fractional replica one thread; the config decides
+        faiss.omp_set_num_threads(threads)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # torch and FAISS work
         self.metrics = EndpointMetrics()
         api.state.metrics, api.state.api_key = self.metrics, settings.api_key
-        self.stages = SearchStages(encoder, index, reranker, self.metrics)
-        self.versions = ModelVersions(settings, self.stages.load, self.metrics.gallery_size.set)
+        self.retrievers: Loaded[Retriever] = Loaded(self._open)
+        self.versions = ModelVersions(settings, self._warm, self.metrics.gallery_size.set)
+        asyncio.get_event_loop().create_task(self._follow_journal())
         await self.versions.start(wait=self.limits.load_before_ready)  # Serve counts the replica started after this
+
+    # ----------------------------------------------------------------- versions
+    async def _open(self, model: ServingModel) -> Retriever:
+        """Load a version: the encoder here, the gallery here (one shard) or in the shard deployments."""
+        loop = asyncio.get_running_loop()
+        encoder = await loop.run_in_executor(
+            self.executor, lambda: Encoder.from_checkpoint(model.checkpoint_dir, device=self.device)
+        )
+        gallery: GalleryView
+        if self.shards:
+            gallery = ShardedGallery(model, self.shards)
+            await gallery.load()
+        else:
+            holder = await ShardHolder.open(
+                model, ShardSpec(), self.executor, self.limits.max_batch_size, encoder=encoder
+            )
+            gallery = LocalGallery(holder)
+        retriever = Retriever(
+            model, encoder, gallery, self.executor, self.limits.max_batch_size, self.limits.batch_wait_timeout_s
+        )
+        await retriever.follow_journal()
+        return retriever
+
+    async def _warm(self, model: ServingModel) -> int:
+        size, _ = await (await self.retrievers.get(model)).info()
+        return size
+
+    async def _retriever(self) -> Retriever:
+        return await self.retrievers.get(self.versions.serving())
+
+    async def _follow_journal(self) -> None:
+        """Updates other replicas journaled reach this one within ``serve.gallery.sync_interval_s``."""
+        while True:
+            await asyncio.sleep(self.limits.gallery.sync_interval_s)
+            for retriever in self.retrievers.loaded():
+                try:
+                    await retriever.follow_journal()
+                    await retriever.gallery.sync(retriever.seq)
+                except Exception as exc:  # a journal being copied on a shared filesystem: next time
+                    logger.warning("journal sync failed: %s", exc)
 
     # ----------------------------------------------------------------- the drawing page (docs/serving.md#the-page)
     @api.get("/", include_in_schema=False)
@@ -146,8 +208,9 @@ class Ingress:
     @api.get("/v1/info", summary="what is served: model, version, method, gallery", dependencies=KEYED)
     async def info(self) -> Response:
         model = self.versions.serving()
-        family = get_family(model.method)
-        described = await self.stages.index.info.remote(model)
+        retriever = await self.retrievers.get(model)
+        family = retriever.family
+        size, index_kind = await retriever.info()
         return JSONResponse(
             {
                 "model": model.reference,
@@ -164,7 +227,10 @@ class Ingress:
                 "gallery_writable": model.writable,
                 "swaps": self.versions.swaps,
                 "limits": {"top_k": self.limits.top_k, "max_k": self.limits.max_k, "rerank_k": self.limits.rerank_k},
-                **described,
+                "gallery_size": size,
+                "index_kind": index_kind,
+                "gallery_shards": max(1, len(self.shards)),
+                "journal_entries": retriever.seq,
             }
         )
 
@@ -191,28 +257,39 @@ class Ingress:
 
     @api.post("/v1/search", summary="search the gallery with a sketch", openapi_extra=_SKETCH_BODY, dependencies=KEYED)
     async def search(self, request: Request) -> Response:
-        model = self.versions.serving()
-        family = get_family(model.method)
+        started = time.perf_counter()
+        retriever = await self._retriever()
+        family = retriever.family
         fields, sketch, source, decode_s = await self._sketch_request(request)
         query = search_query(fields, sketch, source, self.limits, family.served_modes)
-        result = await self.stages.search(
-            model,
-            family,
-            query.sketch,
-            k=query.k,
-            mode=query.mode or family.default_mode,
-            rerank_k=query.rerank_k,
-            decode_s=decode_s,
+        mode = query.mode or family.default_mode
+        answer = await retriever.search(SearchJob(query.sketch, retriever.plan(query.k, mode, query.rerank_k)))
+        timings = {"decode": decode_s, **answer.timings, "total": time.perf_counter() - started}
+        self.metrics.batch_size.observe(answer.batch)
+        if answer.rerank_batch:
+            self.metrics.rerank_batch.observe(answer.rerank_batch)
+        for stage, seconds in timings.items():
+            self.metrics.latency.labels(stage).observe(seconds)
+        return JSONResponse(
+            {
+                "model_id": retriever.model.model_id,
+                "mode": mode,
+                "k": query.k,
+                "results": [_result(rank, item, score) for rank, (item, score) in enumerate(answer.hits, 1)],
+                "timings": timings,
+                "encoder_batch": answer.batch,
+                "rerank_batch": answer.rerank_batch,
+                "input": query.source,
+            }
         )
-        return JSONResponse(result | {"input": query.source})
 
     # ----------------------------------------------------------------- gallery
     @api.get("/v1/gallery/{item_id}/image", summary="a gallery photo (only items of the gallery)", dependencies=KEYED)
     async def gallery_image(self, item_id: str) -> Response:
-        model = self.versions.serving()
+        retriever = await self._retriever()
         wanted = gallery_id(item_id)
-        items = await self.stages.index.describe.remote(model, [wanted])
-        path = find_image(model.gallery_dir, wanted) if items else None
+        items = await retriever.describe([wanted])
+        path = find_image(retriever.model.gallery_dir, wanted) if items else None
         if path is None:
             raise RequestError(404, f"gallery item {wanted} does not exist or has no stored photo")
         return Response(path.read_bytes(), media_type=IMAGE_TYPES.get(path.suffix, "application/octet-stream"))
@@ -223,23 +300,21 @@ class Ingress:
         dependencies=KEYED,
     )
     async def gallery_add(self, request: Request) -> Response:
-        model = self._writable()
+        retriever = await self._writable()
         photos = await self._photos(request)
         images = [decode_image(data, self.limits, f"photo {name!r}") for name, _, data in photos]
-        encoded = [await self.stages.encode(model, image, "photo") for image in images]
-        arrays = {key: np.concatenate([e.arrays[key] for e in encoded]) for key in encoded[0].arrays}
-        added = await self.stages.index.add.remote(model, photos, arrays)
-        size = await self._gallery_size(model)
+        added = await retriever.add(photos, await retriever.encode_photos(images))
+        size = await self._gallery_size(retriever)
         return JSONResponse({"added": [asdict(item) for item in added], "gallery_size": size}, status_code=201)
 
-    def _writable(self) -> ServingModel:
+    async def _writable(self) -> Retriever:
         model = self.versions.serving()
         if not model.writable:
             raise RequestError(409, f"the gallery {model.gallery_source} is read-only (a copy of an s3:// gallery)")
-        return model
+        return await self.retrievers.get(model)
 
-    async def _gallery_size(self, model: ServingModel) -> int:
-        size = (await self.stages.index.info.remote(model))["gallery_size"]
+    async def _gallery_size(self, retriever: Retriever) -> int:
+        size, _ = await retriever.info()
         self.metrics.gallery_size.set(size)
         return size
 
@@ -271,11 +346,11 @@ class Ingress:
 
     @api.delete("/v1/gallery/{item_id}", summary="remove a photo from the gallery", dependencies=KEYED)
     async def gallery_remove(self, item_id: str) -> Response:
-        model = self._writable()
+        retriever = await self._writable()
         wanted = gallery_id(item_id)
-        if not await self.stages.index.remove.remote(model, wanted):
+        if not await retriever.remove(wanted):
             raise RequestError(404, f"gallery item {wanted} does not exist")
-        return JSONResponse({"removed": wanted, "gallery_size": await self._gallery_size(model)})
+        return JSONResponse({"removed": wanted, "gallery_size": await self._gallery_size(retriever)})
 
     # ----------------------------------------------------------------- explain
     @api.post(
@@ -284,9 +359,9 @@ class Ingress:
         dependencies=KEYED,
     )
     async def explain(self, request: Request) -> Response:
-        model = self.versions.serving()
-        family = get_family(model.method)
-        if not family.explains or self.stages.reranker is None:
+        retriever = await self._retriever()
+        family = retriever.family
+        if not family.explains:
             raise RequestError(404, f"{family.title} has no explanations; /v1/explain serves ZSE-SBIR models")
         fields, sketch, _, _ = await self._sketch_request(request)
         unknown = sorted(set(fields) - {"id", "arrays", "image", "strokes"})
@@ -296,9 +371,9 @@ class Ingress:
             raise RequestError(400, "name the gallery photo to explain with 'id'")
         wanted = parse_int(fields["id"], "id", 0, 2**62)
         arrays = str(fields.get("arrays", "false")).lower() in ("1", "true", "yes")
-        if not await self.stages.index.describe.remote(model, [wanted]):
+        if not await retriever.describe([wanted]):
             raise RequestError(404, f"gallery item {wanted} does not exist")
-        out = await self.stages.reranker.explain.remote(model, sketch, wanted, arrays)
+        out = await retriever.explain(sketch, wanted, arrays)
         if out is None:
             raise RequestError(404, f"gallery item {wanted} has no stored photo to explain against")
         out["png"] = {name: base64.b64encode(data).decode() for name, data in out["png"].items()}

@@ -34,6 +34,12 @@ class EndpointMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self.rerank_batch = Histogram(
+            "sbir_rerank_batch_queries",
+            "Queries whose re-rank pairs went through the relation head together with each re-ranking request's",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         self.gallery_size = Gauge("sbir_gallery_size", "Photos in the served gallery", registry=self.registry)
 
     def render(self) -> bytes:

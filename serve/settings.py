@@ -75,7 +75,7 @@ def settings_from_args(args: "AppArgs | Mapping[str, Any]") -> tuple[AppSettings
     model = parsed.model or config.serve.model or os.environ.get("SBIR_MODEL")
     if not model:
         raise AppArgsError("no model to serve: pass model=<path|run id|models:/name@alias> (or serve.model)")
-    gallery = parsed.gallery or config.serve.gallery or os.environ.get("SBIR_GALLERY") or None
+    gallery = parsed.gallery or config.serve.gallery.path or os.environ.get("SBIR_GALLERY") or None
     settings = AppSettings(
         serve=config.serve,
         model=str(model),

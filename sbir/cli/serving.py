@@ -92,9 +92,7 @@ def serve_command(
     if write_config is not None:
         from serve.config_file import serve_config, write
 
-        document = serve_config(
-            cfg, args, with_reranker=_reranks(model or cfg.serve.model, cfg), working_dir=working_dir
-        )
+        document = serve_config(cfg, args, working_dir=working_dir)
         path = write(document, write_config)
         typer.echo(f"wrote {path}")
         return
@@ -120,19 +118,6 @@ def serve_command(
     finally:
         typer.echo("stopping the endpoint")
         stop_endpoint()
-
-
-def _reranks(model: str | None, cfg) -> bool:
-    """Whether the served model has a re-rank stage (ZSE-SBIR), read from its checkpoint: the file must list
-    exactly the deployments the application builds."""
-    if not model:
-        raise UsageError("--write-config needs the model (--model or serve.model): its method decides the deployments")
-    from pipelines.tracking import resolve_reference
-    from sbir.checkpoint import read_checkpoint_meta
-    from sbir.methods import family_of
-
-    resolved = resolve_reference(model, cfg.tracking.uri, runs_dir=cfg.run.dir)
-    return family_of(read_checkpoint_meta(resolved.directory).config).reranks
 
 
 def query(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -175,12 +176,20 @@ class DeploymentConfig(_Strict):
 
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingConfig | None = Field(None, description="null = a fixed num_replicas")
-    max_ongoing_requests: int = Field(16, ge=1)
-    num_cpus: float = Field(0.25, ge=0, description="logical CPUs per replica (fractions share a core)")
+    max_ongoing_requests: int = Field(32, ge=1, description="requests one replica holds (bounds its batches)")
+    num_cpus: float = Field(1.0, ge=0, description="logical CPUs per replica (fractions share a core)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU)")
+    threads: int | None = Field(
+        None, ge=1, description="torch and FAISS threads of a replica; null = num_cpus rounded up (at least 1)"
+    )
+
+    @property
+    def compute_threads(self) -> int:
+        """The threads a replica's model work uses: deliberate, since Ray gives a fractional replica one."""
+        return self.threads or max(1, math.ceil(self.num_cpus))
 
     def serve_options(self) -> dict[str, Any]:
-        """The keyword arguments of ``Deployment.options`` (Ray Serve's own names)."""
+        """The keyword arguments of ``Deployment.options`` (Ray Serve's own names; ``threads`` is ours)."""
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
@@ -192,19 +201,42 @@ class DeploymentConfig(_Strict):
         return options
 
 
+class GalleryServeConfig(_Strict):
+    """The gallery of the endpoint: where it is, and whether it is split over shard deployments."""
+
+    path: str | None = Field(None, description="saved gallery folder (local, or s3:// read-only); null = the run's")
+    shards: int = Field(
+        1, ge=1, le=256, description="1 = the ingress holds the gallery; N = N GalleryShard deployments"
+    )
+    sync_interval_s: float = Field(
+        1.0, gt=0, description="how often a holder of the gallery looks for updates another replica journaled"
+    )
+    shard: DeploymentConfig = Field(
+        default_factory=DeploymentConfig, description="replicas and resources of each GalleryShard deployment"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_path_alone(cls, data: Any) -> Any:
+        """``serve.gallery=<folder>`` (a plain path, as before shards existed) means ``serve.gallery.path``."""
+        return {"path": data} if isinstance(data, str) else data
+
+
 class ServeConfig(_Strict):
     """The retrieval endpoint (`sbir serve`, docs/serving.md): what it serves, its deployments and limits."""
 
     model: str | None = Field(None, description="checkpoint reference: path, run id, runs:/…, models:/name@alias")
-    gallery: str | None = Field(None, description="saved gallery folder (local, or s3:// read-only)")
+    gallery: GalleryServeConfig = Field(default_factory=GalleryServeConfig)
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 only when it must be reachable")
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, description="required on every endpoint but /healthz, /readyz; or SBIR_API_KEY")
     top_k: int = Field(20, ge=1, description="default k of /v1/search")
     max_k: int = Field(200, ge=1, description="largest k a request may ask for")
     rerank_k: int = Field(200, ge=1, description="default re-ranking depth of rn_rerank (docs/serving.md#modes)")
-    max_batch_size: int = Field(16, ge=1, description="sketches the encoder encodes together (@serve.batch)")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long the encoder waits to fill a batch")
+    max_batch_size: int = Field(16, ge=1, description="searches one batch holds (encoded and re-ranked together)")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="extra wait to fill a batch when the model is idle; 0 = batch only what queued"
+    )
     reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")
     load_before_ready: bool = Field(
         False,
@@ -215,10 +247,10 @@ class ServeConfig(_Strict):
     max_image_pixels: int = Field(16_000_000, ge=1, description="decoded images above this get 413")
     max_strokes: int = Field(500, ge=1)
     max_points: int = Field(20_000, ge=1, description="points over all strokes of one sketch")
-    ingress: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.1))
-    encoder: DeploymentConfig = Field(default_factory=DeploymentConfig)
-    index: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.1))
-    reranker: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    ingress: DeploymentConfig = Field(
+        default_factory=DeploymentConfig,
+        description="the HTTP front, the sketch encoder and (with one shard) the gallery, in one replica",
+    )
 
     @model_validator(mode="after")
     def _check_k(self) -> ServeConfig:

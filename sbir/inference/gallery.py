@@ -81,7 +81,7 @@ class Gallery:
         self.items = list(items)
         self.ids = np.asarray([item.id for item in self.items], dtype=np.int64)
         _check_ids(self.ids)
-        self.embeddings = self.photos.retrieval_embeddings()
+        self._order: np.ndarray | None = None  # argsort of ids, for rows_of; dropped on every change
         self.index_config = index_config or IndexConfig()
         self._index = index  # built on first use: full score matrices (evaluation) never need it
         if index is not None and not np.array_equal(index.ids(), np.sort(self.ids)):
@@ -98,17 +98,26 @@ class Gallery:
     def class_ids(self) -> np.ndarray:
         return np.asarray([item.class_id for item in self.items], dtype=np.int64)
 
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Gallery rows of ids (-1 stays -1); an id that is not in the gallery is an error."""
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The photos' normalised retrieval embeddings (computed on call: serving never needs them all)."""
+        return self.photos.retrieval_embeddings()
+
+    def rows_of(self, ids: np.ndarray, *, missing_ok: bool = False) -> np.ndarray:
+        """Gallery rows of ids (-1 stays -1); an id that is not in the gallery is an error, or -1 with
+        ``missing_ok`` (a shard asked about ids another shard holds)."""
         ids = np.asarray(ids, dtype=np.int64)
-        order = np.argsort(self.ids)
-        sorted_ids = self.ids[order]
-        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(0, len(sorted_ids) - 1))
-        found = (sorted_ids[pos] == ids) if len(sorted_ids) else np.zeros(ids.shape, bool)
+        if not len(self.ids):
+            return np.full(ids.shape, -1)
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[self._order]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        found = sorted_ids[pos] == ids
         unknown = ~found & (ids >= 0)
-        if np.any(unknown):
+        if np.any(unknown) and not missing_ok:
             raise GalleryError(f"ids not in the gallery: {np.unique(ids[unknown])[:10].tolist()}")
-        return np.where(ids >= 0, order[pos], -1) if len(sorted_ids) else np.full(ids.shape, -1)
+        return np.where(found & (ids >= 0), self._order[pos], -1)
 
     def item(self, gallery_id: int) -> GalleryItem:
         return self.items[int(self.rows_of(np.asarray([gallery_id]))[0])]
@@ -125,7 +134,7 @@ class Gallery:
         return None
 
     def _ret_scores(self, queries: Encoding) -> torch.Tensor:
-        return self._queries(queries).retrieval_embeddings() @ self.embeddings.T
+        return self._queries(queries).retrieval_embeddings() @ self.photos.retrieval_embeddings().T
 
     @property
     def index(self) -> EmbeddingIndex:
@@ -136,8 +145,9 @@ class Gallery:
 
     def _new_index(self) -> EmbeddingIndex:
         cfg = self.index_config
+        embeddings = self.photos.retrieval_embeddings()
         index = EmbeddingIndex(
-            int(self.embeddings.shape[1]),
+            int(embeddings.shape[1]),
             cfg.kind,
             nlist=cfg.nlist,
             nprobe=cfg.nprobe,
@@ -145,7 +155,7 @@ class Gallery:
             ef_search=cfg.ef_search,
         )
         if len(self.ids):
-            index.add(self.embeddings.detach().cpu().numpy(), self.ids)
+            index.add(embeddings.detach().cpu().numpy(), self.ids)
         return index
 
     # ----------------------------------------------------------------- evaluation: full score matrices
@@ -175,20 +185,23 @@ class Gallery:
         plan = SearchPlan.for_mode(k, mode, self.rerank_mode, rerank_k, len(self))
         if mode == self.exhaustive_mode:
             return self._exhaustive_search(queries, plan.depth, mode, pair_batch)
-        cand_scores, cand_ids = self._index_search(queries, plan.depth)
+        cand_scores, cand_ids = self.candidates(queries.retrieval_embeddings().detach().cpu().numpy(), plan.depth)
         relation = self.relation_scores(queries, plan.rerank_ids(cand_ids), pair_batch) if plan.rerank else None
         return plan.finish(cand_ids, cand_scores, relation)
 
     def _exhaustive_search(self, queries: Encoding, k: int, mode: str, pair_batch: int) -> SearchResult:
         raise GalleryError(f"a {self.kind} gallery has no exhaustive mode")
 
-    def relation_scores(self, queries: Encoding, ids: np.ndarray, pair_batch: int = 1024) -> np.ndarray:
+    def relation_scores(
+        self, queries: Encoding, ids: np.ndarray, pair_batch: int = 1024, *, missing_ok: bool = False
+    ) -> np.ndarray:
         """The second stage's scores of each query with its candidate ids (only galleries with a re-rank mode)."""
         raise GalleryError(f"a {self.kind} gallery has no second stage to re-score candidates")
 
-    def _index_search(self, queries: Encoding, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        embeddings = self._queries(queries).retrieval_embeddings().detach().cpu().numpy()
-        scores, ids = self.index.search(embeddings, depth)
+    def candidates(self, embeddings: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first stage: the ``depth`` best ids per query by retrieval embedding (Q x D float32), with their
+        cosine scores, best first (-1 where the gallery has fewer)."""
+        scores, ids = self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), depth)
         return np.asarray(scores, dtype=np.float32), ids
 
     # ----------------------------------------------------------------- updates
@@ -199,12 +212,11 @@ class Gallery:
         new_ids = np.asarray([item.id for item in items], dtype=np.int64)
         _check_ids(np.concatenate([self.ids, new_ids]))
         photos = photos.to(self.device)
-        embeddings = photos.retrieval_embeddings()
-        self.index.add(embeddings.detach().cpu().numpy(), new_ids)
+        self.index.add(photos.retrieval_embeddings().detach().cpu().numpy(), new_ids)
         self.photos = type(self.photos).cat([self.photos, photos])
-        self.embeddings = torch.cat([self.embeddings, embeddings])
         self.items += list(items)
         self.ids = np.concatenate([self.ids, new_ids])
+        self._order = None
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove photos by id and return how many went; an unknown id is an error and removes nothing."""
@@ -214,9 +226,9 @@ class Gallery:
         self.index.remove(self.ids[rows])
         kept = torch.from_numpy(np.flatnonzero(keep)).to(self.device)
         self.photos = self.photos.select(kept)
-        self.embeddings = self.embeddings[kept]
         self.items = [item for item, k in zip(self.items, keep, strict=True) if k]
         self.ids = self.ids[keep]
+        self._order = None
         return len(rows)
 
 
@@ -274,14 +286,19 @@ class RelationGallery(Gallery):
         """Relation scores of each query against its own K candidate photos (Q x K, on the device)."""
         q, k = candidates.shape
         flat_query = torch.arange(q, device=self.device).repeat_interleave(k)
-        flat_photo = candidates.reshape(-1)
-        scores = torch.empty(q * k, device=self.device)
-        for start in range(0, q * k, pair_batch):
-            stop = min(q * k, start + pair_batch)
+        return self._relate_pairs(queries, flat_query, candidates.reshape(-1), pair_batch, precision).view(q, k)
+
+    def _relate_pairs(
+        self, queries: Encoding, query_rows: torch.Tensor, photo_rows: torch.Tensor, pair_batch: int, precision: str
+    ) -> torch.Tensor:
+        """Relation scores of (query row, photo row) pairs, ``pair_batch`` pairs through the head at a time."""
+        scores = torch.empty(len(query_rows), device=self.device)
+        for start in range(0, len(query_rows), pair_batch):
+            stop = min(len(query_rows), start + pair_batch)
             scores[start:stop] = self.model.pair_scores(
-                queries.select(flat_query[start:stop]), self.photos.select(flat_photo[start:stop]), precision
+                queries.select(query_rows[start:stop]), self.photos.select(photo_rows[start:stop]), precision
             )
-        return scores.view(q, k)
+        return scores
 
     def _exhaustive_search(self, queries: Encoding, k: int, mode: str, pair_batch: int) -> SearchResult:
         scores = self.score_matrix(queries, mode, pair_batch=pair_batch)
@@ -289,11 +306,25 @@ class RelationGallery(Gallery):
         return self._pack(rows, scores.gather(1, rows))
 
     @torch.no_grad()
-    def relation_scores(self, queries: Encoding, ids: np.ndarray, pair_batch: int = 1024) -> np.ndarray:
-        """Relation score r of each query with each of its candidate ids (Q x K; -1 ids score NaN)."""
-        rows = torch.from_numpy(self.rows_of(ids)).to(self.device)
-        scores = self._relate_candidates(self._queries(queries), rows.clamp(min=0), pair_batch, "fp32")
-        return torch.where(rows >= 0, scores, torch.full_like(scores, torch.nan)).float().cpu().numpy()
+    def relation_scores(
+        self, queries: Encoding, ids: np.ndarray, pair_batch: int = 1024, *, missing_ok: bool = False
+    ) -> np.ndarray:
+        """Relation score r of each query with each of its candidate ids (Q x K; -1 ids, and with ``missing_ok``
+        ids this gallery does not hold, score NaN). Only the real pairs go through the head, so rows padded
+        with -1 (queries of several requests batched together) cost nothing."""
+        rows = self.rows_of(ids, missing_ok=missing_ok)
+        query_rows, columns = np.nonzero(rows >= 0)
+        out = np.full(rows.shape, np.nan, dtype=np.float32)
+        if len(query_rows):
+            scores = self._relate_pairs(
+                self._queries(queries),
+                torch.from_numpy(query_rows).to(self.device),
+                torch.from_numpy(rows[query_rows, columns]).to(self.device),
+                pair_batch,
+                "fp32",
+            )
+            out[query_rows, columns] = scores.float().cpu().numpy()
+        return out
 
     def _pack(self, rows: torch.Tensor, scores: torch.Tensor) -> SearchResult:
         rows_np = rows.cpu().numpy()

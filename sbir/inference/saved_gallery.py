@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -49,6 +50,7 @@ ENCODING_FILE = "encoding.safetensors"
 INDEX_DIR = "index"
 IMAGES_DIR = "images"
 JOURNAL_DIR = "journal"
+HEAD_FILE = "HEAD"  # in journal/: {"seq": last entry, "next_id": next unused gallery id}
 INDEX_FILES = (f"{INDEX_DIR}/index.faiss", f"{INDEX_DIR}/index.json")
 
 
@@ -60,6 +62,22 @@ class Provenance:
     checkpoint: str  # the reference the gallery was built from (path, runs:/, models:/)
     checkpoint_sha256: str  # weights content hash (sbir.checkpoint.weights_sha256)
     model_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Shard ``index`` of ``count``: the items whose id modulo ``count`` is ``index`` (so a new id has one home)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise GalleryError(f"shard {self.index} of {self.count} does not exist")
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` this shard holds."""
+        return np.asarray(ids, dtype=np.int64) % self.count == self.index
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,7 @@ def save_gallery(gallery: Gallery, directory: str | Path, provenance: Provenance
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)
+    shutil.rmtree(out / JOURNAL_DIR, ignore_errors=True)  # updates of a gallery this one replaces
     write_items(out, gallery.items)
     save_file({k: np.ascontiguousarray(v) for k, v in gallery.photos.to_arrays().items()}, str(out / ENCODING_FILE))
     gallery.index.save(out / INDEX_DIR)
@@ -194,9 +213,11 @@ def load_gallery(
     method: str,
     encoding: type[Encoding],
     checkpoint_sha256: str | None = None,
+    shard: ShardSpec | None = None,
 ) -> Gallery:
     """Load a saved gallery for ``model`` of ``method``, whose photos are ``encoding``s (checked: format,
-    checksums, method and, if given, the weights it was built with)."""
+    checksums, method and, if given, the weights it was built with); with ``shard``, only that shard's items,
+    indexed on their own with the gallery's index settings."""
     root = Path(directory)
     manifest = read_gallery_meta(root)
     provenance = manifest.provenance
@@ -208,10 +229,17 @@ def load_gallery(
             f"{provenance.checkpoint_sha256[:12]}…) than the model being loaded ({checkpoint_sha256[:12]}…); "
             "rebuild it with `sbir index build` for this checkpoint"
         )
-    photos = encoding.from_arrays(load_file(str(root / ENCODING_FILE)))
+    arrays, items = load_file(str(root / ENCODING_FILE)), read_items(root)
     cls = GALLERY_KINDS[manifest.kind]
-    gallery = cls(model, photos, read_items(root), manifest.index, index=load_index(root))
-    logger.info("loaded a %s gallery of %d photos from %s", gallery.kind, len(gallery), root)
+    if shard is None or shard.count == 1:
+        gallery = cls(model, encoding.from_arrays(arrays), items, manifest.index, index=load_index(root))
+    else:
+        rows = np.flatnonzero(shard.holds(np.asarray([item.id for item in items], dtype=np.int64)))
+        photos = encoding.from_arrays({name: values[rows] for name, values in arrays.items()})
+        index_config = manifest.index.model_copy(update={"nlist": max(1, min(manifest.index.nlist, len(rows)))})
+        gallery = cls(model, photos, [items[i] for i in rows], index_config)
+        _ = gallery.index  # built now, at load, not on the first request
+    logger.info("loaded a %s gallery of %d photos from %s (%s)", gallery.kind, len(gallery), root, shard or "whole")
     return gallery
 
 
@@ -227,40 +255,66 @@ class JournalEntry:
     ids: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class JournalHead:
+    """Where the journal stands: the last entry's sequence number and the next unused gallery id."""
+
+    seq: int
+    next_id: int
+
+
 class Journal:
-    """The journal of one saved gallery folder (local or on a shared filesystem)."""
+    """The journal of one saved gallery folder (local or on a shared filesystem).
+
+    ``journal/HEAD`` holds the last sequence number and the next free id, so a reader learns whether it is
+    behind from one small file and reads only the entries it lacks, by name: no folder listing.
+    """
 
     def __init__(self, gallery_dir: str | Path) -> None:
         self.root = Path(gallery_dir)
         self.dir = self.root / JOURNAL_DIR
 
-    def entries(self, after: int = 0) -> list[JournalEntry]:
-        """Entries with a sequence number above ``after``, in order."""
-        if not self.dir.is_dir():
-            return []
-        out = []
-        for path in sorted(self.dir.glob("*.json")):
-            seq = int(path.stem)
-            if seq <= after:
-                continue
+    def head(self) -> JournalHead:
+        """The journal's head (an empty journal: sequence 0, the id after the saved gallery's last)."""
+        path = self.dir / HEAD_FILE
+        if path.is_file():
             record = json.loads(path.read_text())
-            if record["op"] == "add":
-                arrays = load_file(str(self.dir / record["encoding"]))
-                items = tuple(GalleryItem(**item) for item in record["items"])
-                out.append(JournalEntry(seq, "add", items=items, arrays=arrays))
-            else:
-                out.append(JournalEntry(seq, "remove", ids=tuple(int(i) for i in record["ids"])))
-        return out
+            return JournalHead(int(record["seq"]), int(record["next_id"]))
+        return self._head_from_files()
+
+    def _head_from_files(self) -> JournalHead:
+        """The head of a journal without a HEAD file (new, or written before HEAD existed): read once."""
+        names = sorted(self.dir.glob("[0-9]*.json")) if self.dir.is_dir() else []
+        ids = [item.id for item in read_items(self.root)]
+        for path in names:
+            ids += [item["id"] for item in json.loads(path.read_text()).get("items", [])]
+        return JournalHead(int(names[-1].stem) if names else 0, max(ids, default=-1) + 1)
+
+    def entries(self, after: int = 0, upto: int | None = None) -> list[JournalEntry]:
+        """Entries ``after < seq <= upto`` (``upto``: the head), in order."""
+        last = self.head().seq if upto is None else upto
+        return [self._entry(seq) for seq in range(after + 1, last + 1)]
+
+    def _entry(self, seq: int) -> JournalEntry:
+        record = json.loads((self.dir / f"{seq:08d}.json").read_text())
+        if record["op"] == "add":
+            arrays = load_file(str(self.dir / record["encoding"]))
+            items = tuple(GalleryItem(**item) for item in record["items"])
+            return JournalEntry(seq, "add", items=items, arrays=arrays)
+        return JournalEntry(seq, "remove", ids=tuple(int(i) for i in record["ids"]))
 
     def replay(
         self,
         after: int,
         add: Callable[[dict[str, np.ndarray], list[GalleryItem]], None],
         remove: Callable[[list[int]], None],
+        upto: int | None = None,
     ) -> int:
-        """Apply the entries above ``after`` in order (``add(arrays, items)``, ``remove(ids)``); returns the
-        sequence number of the last entry applied (``after`` when there was none)."""
-        for entry in self.entries(after):
+        """Apply the entries ``after < seq <= upto`` in order (``add(arrays, items)``, ``remove(ids)``); returns
+        the sequence number of the last entry applied (``after`` when there was none)."""
+        if upto is not None and upto <= after:
+            return after
+        for entry in self.entries(after, upto):
             if entry.op == "add":
                 add(entry.arrays or {}, list(entry.items))
             else:
@@ -268,49 +322,43 @@ class Journal:
             after = entry.seq
         return after
 
-    def last_seq(self) -> int:
-        names = sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []
-        return int(names[-1].stem) if names else 0
-
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> Iterator[JournalHead]:
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / "LOCK").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield
+                yield self.head()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _next_id(self) -> int:
-        """One above every id the gallery and its journal have ever held (ids are never reused)."""
-        ids = [item.id for item in read_items(self.root)]
-        for path in self.dir.glob("*.json"):  # the records only: the added encodings are not needed here
-            ids += [item["id"] for item in json.loads(path.read_text()).get("items", [])]
-        return max(ids, default=-1) + 1
-
     def add(self, photos: list[tuple[str, str | None, bytes]], arrays: dict[str, np.ndarray]) -> list[GalleryItem]:
-        """Append photos ((name, class, image bytes)) and their encoding rows; returns their new items."""
+        """Append photos ((name, class, image bytes)) and their encoding rows; returns their new items
+        (ids never reused: one above every id the gallery and its journal have held)."""
         read_gallery_meta(self.root)  # the gallery must be intact before it grows
-        with self._locked():
-            first = self._next_id()
+        with self._locked() as head:
             items = [
-                GalleryItem(first + i, f"added/{name}", class_name, -1, None)
+                GalleryItem(head.next_id + i, f"added/{name}", class_name, -1, None)
                 for i, (name, class_name, _) in enumerate(photos)
             ]
             write_images(self.root, {item.id: data for item, (_, _, data) in zip(items, photos, strict=True)})
-            seq = self.last_seq() + 1
+            seq = head.seq + 1
             encoding = f"{seq:08d}.safetensors"
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(self.dir / encoding))
-            self._publish(seq, {"op": "add", "items": [asdict(item) for item in items], "encoding": encoding})
+            record = {"op": "add", "items": [asdict(item) for item in items], "encoding": encoding}
+            self._publish(JournalHead(seq, head.next_id + len(items)), record)
         logger.info("gallery %s: added %d photo(s) (journal entry %d)", self.root, len(items), seq)
         return items
 
-    def remove(self, ids: list[int]) -> None:
-        with self._locked():
-            seq = self.last_seq() + 1
-            self._publish(seq, {"op": "remove", "ids": [int(i) for i in ids]})
+    def remove(self, ids: list[int]) -> int:
+        """Append the removal of ``ids``; returns the entry's sequence number."""
+        with self._locked() as head:
+            seq = head.seq + 1
+            self._publish(JournalHead(seq, head.next_id), {"op": "remove", "ids": [int(i) for i in ids]})
         logger.info("gallery %s: removed %s (journal entry %d)", self.root, ids, seq)
+        return seq
 
-    def _publish(self, seq: int, record: dict[str, Any]) -> None:
-        write_atomic(self.dir / f"{seq:08d}.json", json.dumps(record))
+    def _publish(self, head: JournalHead, record: dict[str, Any]) -> None:
+        """The entry first, then the head that makes it visible."""
+        write_atomic(self.dir / f"{head.seq:08d}.json", json.dumps(record))
+        write_atomic(self.dir / HEAD_FILE, json.dumps(asdict(head)))

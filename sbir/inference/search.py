@@ -53,6 +53,25 @@ def merge_reranked(cand_ids: np.ndarray, cand_scores: np.ndarray, relation: np.n
     return SearchResult(ids=ids, scores=np.take_along_axis(merged.numpy(), order, axis=1)[:, :k])
 
 
+def merge_candidates(parts: list[tuple[np.ndarray, np.ndarray]], depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first stage over shards: each shard's (scores, ids) candidates (Q x n_i, -1 padded) merged into the
+    ``depth`` best per query, by score descending then id ascending (the rule every index search follows),
+    so exact shards merge into exactly the unsharded ranking."""
+    scores = np.concatenate([s for s, _ in parts], axis=1).astype(np.float32)
+    ids = np.concatenate([i for _, i in parts], axis=1).astype(np.int64)
+    scores = np.where(ids < 0, np.float32(-np.inf), scores)
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=-1)[:, :depth]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def merge_relation(parts: list[np.ndarray]) -> np.ndarray:
+    """The second stage over shards: each shard scored the candidates it holds (NaN elsewhere); one Q x K."""
+    out = np.full(parts[0].shape, np.nan, dtype=np.float32)
+    for part in parts:
+        out = np.where(np.isnan(out), part, out)
+    return out
+
+
 @dataclass(frozen=True)
 class SearchPlan:
     """How deep one search reaches: ``depth`` index candidates, the first ``rerank`` of them re-scored."""

@@ -251,7 +251,7 @@ def test_the_generated_serve_config_deploys_with_serve_deploy_on_a_ray_start_hea
     )  # fmt: skip
     assert write.returncode == 0, write.stderr
     deployments = [d["name"] for d in yaml.safe_load(yaml_path.read_text())["applications"][0]["deployments"]]
-    assert deployments == ["Ingress", "SketchEncoder", "GalleryIndex"]
+    assert deployments == ["Ingress"]  # encoder and gallery live in the ingress; one shard: no shard deployments
     serve_cli = str(BIN / "serve")
     deploy = subprocess.run(
         [serve_cli, "deploy", str(yaml_path), "--address", ray_head.address],

@@ -39,7 +39,7 @@ def _start(served: Served, port: int, *extra: str) -> str:
     from sbir.config import load_config
     from serve.launch import start_endpoint
 
-    overrides = [f"serve.port={port}", f"run.dir={served.runs_dir}", *extra]
+    overrides = [f"serve.port={port}", f"run.dir={served.runs_dir}", "serve.ingress.num_cpus=0.5", *extra]
     args = {"config": served.preset, "model": served.reference, "tracking_uri": served.tracking_uri,
             "overrides": overrides}  # fmt: skip
     return start_endpoint(load_config(served.preset, overrides), args).url

@@ -26,6 +26,7 @@ from tests.ray.serving import Served, build_registered_gallery, free_port, regis
 
 def _args(served: Served, port: int, *extra: str) -> dict:
     overrides = [f"serve.port={port}", "serve.batch_wait_timeout_s=0.05", "serve.max_batch_size=8", *extra]
+    overrides.append("serve.ingress.num_cpus=0.5")  # the session's 2-CPU cluster also runs Ray Data builds
     overrides.append(f"run.dir={served.runs_dir}")
     return {
         "config": served.preset,

@@ -105,7 +105,7 @@ def test_the_rayservice_carries_the_serve_config_the_builder_makes(spec):
         *spec.service.overrides,
     ]
     args = {"config": spec.service.preset, "model": spec.service.model, "overrides": overrides}
-    expected = serve_config(load_config(spec.service.preset, overrides), args, with_reranker=True)  # ZSE re-ranks
+    expected = serve_config(load_config(spec.service.preset, overrides), args)
     assert kuberay.serve_config_of(service) == expected
     assert expected["http_options"]["host"] == "0.0.0.0", "a pod's endpoint must listen beyond loopback"
 

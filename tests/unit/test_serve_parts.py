@@ -111,7 +111,7 @@ def test_the_shipped_serve_config_is_what_the_generator_writes_and_ray_accepts()
     application = parsed.applications[0]
     assert application.import_path == "serve.app:build_app" and application.args == SHIPPED_ARGS
     names = [d.name for d in application.deployments]
-    assert names == ["Ingress", "SketchEncoder", "GalleryIndex", "Reranker"]
+    assert names == ["Ingress"]  # the encoder and the gallery live in the ingress until the gallery is sharded
     assert parsed.http_options.host == "127.0.0.1"
 
 
@@ -121,19 +121,21 @@ def test_deployment_options_come_from_the_config():
     config = load_config(
         None,
         [
-            "serve.encoder.num_gpus=0.5",
-            "serve.encoder.autoscaling.min_replicas=1",
-            "serve.encoder.autoscaling.max_replicas=4",
-            "serve.index.num_replicas=3",
+            "serve.ingress.num_gpus=0.5",
+            "serve.ingress.autoscaling.min_replicas=1",
+            "serve.ingress.autoscaling.max_replicas=4",
+            "serve.gallery.shards=2",
+            "serve.gallery.shard.num_replicas=3",
             "serve.port=9000",
         ],
     )
     document = serve_config(config, {"model": "m"}, working_dir="s3://bucket/sbir.zip")
     deployments = {d["name"]: d for d in document["applications"][0]["deployments"]}
-    assert deployments["SketchEncoder"]["ray_actor_options"]["num_gpus"] == 0.5
-    assert deployments["SketchEncoder"]["autoscaling_config"]["max_replicas"] == 4
-    assert "num_replicas" not in deployments["SketchEncoder"]
-    assert deployments["GalleryIndex"]["num_replicas"] == 3
+    assert deployments["Ingress"]["ray_actor_options"]["num_gpus"] == 0.5
+    assert deployments["Ingress"]["autoscaling_config"]["max_replicas"] == 4
+    assert "num_replicas" not in deployments["Ingress"]
+    assert list(deployments) == ["Ingress", "GalleryShard0", "GalleryShard1"]
+    assert deployments["GalleryShard0"]["num_replicas"] == deployments["GalleryShard1"]["num_replicas"] == 3
     assert document["http_options"]["port"] == 9000
     assert document["applications"][0]["runtime_env"]["working_dir"] == "s3://bucket/sbir.zip"
     with pytest.raises(SbirError, match="remote URIs"):
@@ -148,7 +150,7 @@ def test_bad_builder_args_and_serve_keys_are_refused_by_name():
     with pytest.raises(SbirError, match="no model"):
         settings_from_args({})
     with pytest.raises(SbirError, match="max_replicas"):
-        load_config(None, ["serve.encoder.autoscaling.min_replicas=3", "serve.encoder.autoscaling.max_replicas=2"])
+        load_config(None, ["serve.ingress.autoscaling.min_replicas=3", "serve.ingress.autoscaling.max_replicas=2"])
     with pytest.raises(SbirError, match="max_k"):
         load_config(None, ["serve.top_k=500"])
     settings, _ = settings_from_args({"model": "models:/m@champion", "overrides": "serve.api_key=k,serve.top_k=5"})
