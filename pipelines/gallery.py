@@ -104,7 +104,9 @@ def build_gallery(
     finally:
         if storage.is_s3(out):
             shutil.rmtree(local, ignore_errors=True)
-    build = GalleryBuild(out, len(gallery), gallery.kind, config.index.kind, time.perf_counter() - started, mlflow_run)
+    build = GalleryBuild(
+        out, len(gallery), gallery.kind, gallery.index_config.kind, time.perf_counter() - started, mlflow_run
+    )
     logger.info("gallery of %d photos built at %.0f images/s", build.photos, build.images_per_second)
     return build
 

@@ -31,6 +31,7 @@ def local_cpus() -> int:
 
 
 VERBOSE_ENV = "SBIR_VERBOSE"  # set by `sbir -v`: Ray's own logs and worker output reach the terminal
+SERVE_HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"  # Serve behind HAProxy, no Python proxy (docs/serving.md)
 
 
 class ClusterError(SbirError):
@@ -55,6 +56,9 @@ def ensure_ray(
     level = logging.INFO if verbose else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback clusters; must match `ray start`
+    # Serve behind HAProxy: each ingress replica answers HTTP itself, HAProxy balances them; no Python proxy hop
+    # (docs/serving.md#topology). Read by the cluster's processes, so it is set before a local cluster starts.
+    os.environ.setdefault(SERVE_HAPROXY_ENV, "1")
     if address:
         check_reachable(address, timeout_s)
         logger.info("connecting to Ray at %s", address)

@@ -22,8 +22,8 @@ def build_app(args: AppArgs) -> serve.Application:
     gallery = cfg.gallery
     shards = []
     if gallery.shards > 1:
-        options = gallery.shard.serve_options()
         for index in range(gallery.shards):
+            options = gallery.shard_options(index)
             shards.append(
                 GalleryShardDeployment.options(name=shard_name(index), **options).bind(
                     index,

@@ -36,10 +36,10 @@ def _deployments(config: Config) -> list[dict[str, Any]]:
     from serve.shards import shard_name
 
     cfg = config.serve
-    parts = [("Ingress", cfg.ingress)]
-    if cfg.gallery.shards > 1:
-        parts += [(shard_name(i), cfg.gallery.shard) for i in range(cfg.gallery.shards)]
-    return [{"name": name, **deployment.serve_options()} for name, deployment in parts]
+    deployments = [{"name": "Ingress", **cfg.ingress.serve_options()}]
+    for index in range(cfg.gallery.shards if cfg.gallery.shards > 1 else 0):
+        deployments.append({"name": shard_name(index), **cfg.gallery.shard_options(index)})
+    return deployments
 
 
 def serve_config(

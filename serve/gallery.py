@@ -49,7 +49,7 @@ class LocalGallery:
 
     async def describe(self, ids: list[int], seq: int) -> list[GalleryItem]:
         await self.holder.sync(seq)
-        return self.holder.describe(ids)
+        return await self.holder.describe(ids)
 
     async def info(self, seq: int) -> tuple[int, str]:
         await self.holder.sync(seq)

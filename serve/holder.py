@@ -114,8 +114,9 @@ class ShardHolder:
             start += rows
         return out
 
-    def describe(self, ids: list[int]) -> list[GalleryItem]:
-        return self.shard.describe(ids)
+    async def describe(self, ids: list[int]) -> list[GalleryItem]:
+        """The items of ``ids`` this holder has (on the compute thread, which alone changes the gallery)."""
+        return await self._compute(self.shard.describe, ids)
 
     def size(self) -> int:
         return len(self.shard)

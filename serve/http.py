@@ -7,6 +7,7 @@ and never takes the replica down). ``install(api)`` wires the handlers and the m
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,8 +44,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 class AnswerEveryRequest:
-    """ASGI middleware: a bug in a route becomes a logged JSON 500 instead of a dropped connection, and every
-    answer of a counted route is counted by route and status in the app's metrics."""
+    """ASGI middleware: a bug in a route becomes a logged JSON 500 instead of a dropped connection, every
+    answer of a counted route is counted by route and status in the app's metrics, and every answer says how
+    long the application took (``Server-Timing: app;dur=<ms>``, shown by browsers' developer tools)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -54,10 +56,13 @@ class AnswerEveryRequest:
             await self.app(scope, receive, send)
             return
         status: list[int] = []
+        started = time.perf_counter()
 
         async def send_and_note(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+                took = (time.perf_counter() - started) * 1000
+                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={took:.2f}".encode())]
             await send(message)
 
         try:
@@ -81,7 +86,7 @@ def install(api: FastAPI) -> None:
     api.add_middleware(AnswerEveryRequest)
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """FastAPI dependency: the key configured for this app (``app.state.api_key``), as X-API-Key or a Bearer token."""
     key = getattr(request.app.state, "api_key", None)
     if not key:

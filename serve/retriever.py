@@ -16,15 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 from sbir.inference.encoder import Encoder
 from sbir.inference.gallery import GalleryItem
 from sbir.inference.saved_gallery import Journal, find_image
 from sbir.inference.search import SearchPlan
+from sbir.inference.shard import GalleryShard
 from sbir.methods import MethodFamily
 from serve.batching import GreedyBatcher
-from serve.gallery import GalleryView
+from serve.gallery import GalleryView, LocalGallery
 from serve.holder import RelationJob
 from serve.model import ServingModel
 
@@ -45,6 +47,80 @@ class SearchAnswer:
     timings: dict[str, float] = field(default_factory=dict)
     batch: int = 1  # searches encoded together
     rerank_batch: int = 0  # queries whose re-rank pairs went through the relation head together (0: none)
+
+
+class BatchSearch:
+    """The state of one batch of searches between its stages: which depths to ask the index for, the
+    candidates, the re-rank pairs, the final rankings and the stage timings (pure bookkeeping)."""
+
+    def __init__(self, jobs: list[SearchJob]) -> None:
+        self.jobs = jobs
+        self.images = [job.image for job in jobs]
+        width = max(job.plan.depth for job in jobs)
+        self.scores = np.full((len(jobs), width), -np.inf, np.float32)
+        self.ids = np.full((len(jobs), width), -1, np.int64)
+        self.relation: list[np.ndarray | None] = [None] * len(jobs)
+        self.rerank_batch = 0
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+        self._finished: list | None = None
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage], self._last = now - self._last, now
+
+    def depths(self) -> dict[int, list[int]]:
+        """Rows by plan depth: one index search per depth, so each job gets its candidates as if alone."""
+        groups: dict[int, list[int]] = {}
+        for row, job in enumerate(self.jobs):
+            groups.setdefault(job.plan.depth, []).append(row)
+        return groups
+
+    def add_candidates(self, rows: list[int], depth: int, scores: np.ndarray, ids: np.ndarray) -> None:
+        self.scores[rows, :depth], self.ids[rows, :depth] = scores, ids
+
+    def rerank_candidates(self) -> tuple[list[int], np.ndarray]:
+        """The rows that re-rank, and their candidates to re-score (-1 padded to the widest)."""
+        rows = [row for row, job in enumerate(self.jobs) if job.plan.rerank]
+        heads = [self.jobs[row].plan.rerank_ids(self.ids[row : row + 1])[0] for row in rows]
+        candidates = np.full((len(rows), max((len(h) for h in heads), default=0)), -1, np.int64)
+        for n, head in enumerate(heads):
+            candidates[n, : len(head)] = head
+        return rows, candidates
+
+    def add_relation(self, rows: list[int], scores: np.ndarray, batch: int) -> None:
+        for n, row in enumerate(rows):
+            width = len(self.jobs[row].plan.rerank_ids(self.ids[row : row + 1])[0])
+            self.relation[row] = scores[n : n + 1, :width]
+        self.rerank_batch = batch
+
+    def _results(self) -> list:
+        if self._finished is None:
+            self._finished = [
+                job.plan.finish(
+                    self.ids[row : row + 1, : job.plan.depth],
+                    self.scores[row : row + 1, : job.plan.depth],
+                    self.relation[row],
+                )
+                for row, job in enumerate(self.jobs)
+            ]
+        return self._finished
+
+    def result_ids(self) -> list[int]:
+        return sorted({int(i) for result in self._results() for i in result.ids[0] if i >= 0})
+
+    def answers(self, items: list[GalleryItem]) -> list[SearchAnswer]:
+        by_id = {item.id: item for item in items}
+        out = []
+        for job, result in zip(self.jobs, self._results(), strict=True):
+            hits = [
+                (by_id[int(i)], float(s))
+                for i, s in zip(result.ids[0], result.scores[0], strict=True)
+                if int(i) in by_id
+            ]
+            timings = self.timings | {"rerank": self.timings.get("rerank", 0.0) if job.plan.rerank else 0.0}
+            out.append(SearchAnswer(hits, timings, len(self.jobs), self.rerank_batch if job.plan.rerank else 0))
+        return out
 
 
 class Retriever:
@@ -83,57 +159,40 @@ class Retriever:
         return encoding, encoding.retrieval_embeddings().float().cpu().numpy()
 
     async def _search_batch(self, jobs: list[SearchJob]) -> list[SearchAnswer]:
-        seq, started = self.seq, time.perf_counter()
-        encoding, embeddings = await self._compute(self._encode, [job.image for job in jobs], "sketch")
-        encoded = time.perf_counter()
-        by_depth: dict[int, list[int]] = {}
-        for row, job in enumerate(jobs):
-            by_depth.setdefault(job.plan.depth, []).append(row)
-        width = max(by_depth)
-        scores, ids = np.full((len(jobs), width), -np.inf, np.float32), np.full((len(jobs), width), -1, np.int64)
-        for depth, rows in by_depth.items():  # one index search per depth: each job's candidates as if alone
-            s, i = await self.gallery.candidates(embeddings[rows], depth, seq)
-            scores[rows, :depth], ids[rows, :depth] = s, i
-        searched = time.perf_counter()
-        relation, rerank_batch = await self._rerank(jobs, encoding, ids, seq)
-        reranked = time.perf_counter()
-        finished = [
-            job.plan.finish(
-                ids[row : row + 1, : job.plan.depth], scores[row : row + 1, : job.plan.depth], relation[row]
-            )
-            for row, job in enumerate(jobs)
-        ]
-        wanted = sorted({int(i) for result in finished for i in result.ids[0] if i >= 0})
-        items = {item.id: item for item in await self.gallery.describe(wanted, seq)}
-        timings = {"encode": encoded - started, "search": searched - encoded}
-        return [
-            SearchAnswer(
-                [(items[int(i)], float(s)) for i, s in zip(r.ids[0], r.scores[0], strict=True) if int(i) in items],
-                timings | {"rerank": reranked - searched if job.plan.rerank else 0.0},
-                len(jobs),
-                rerank_batch if job.plan.rerank else 0,
-            )
-            for job, r in zip(jobs, finished, strict=True)
-        ]
+        if isinstance(self.gallery, LocalGallery):  # every stage on the compute thread, in one hop
+            return await self._compute(self._search_here, jobs, self.gallery.holder.shard)
+        return await self._search_over_shards(jobs)
 
-    async def _rerank(
-        self, jobs: list[SearchJob], encoding, ids: np.ndarray, seq: int
-    ) -> tuple[list[np.ndarray | None], int]:
-        """The second stage of every re-ranking job of the batch in one relation pass."""
-        rows = [row for row, job in enumerate(jobs) if job.plan.rerank]
-        relation: list[np.ndarray | None] = [None] * len(jobs)
-        if not rows:
-            return relation, 0
-        heads = [jobs[row].plan.rerank_ids(ids[row : row + 1])[0] for row in rows]
-        width = max(len(head) for head in heads)
-        candidates = np.full((len(rows), width), -1, np.int64)
-        for n, head in enumerate(heads):
-            candidates[n, : len(head)] = head
-        queries = {key: value[rows] for key, value in encoding.to_arrays().items()}
-        answer = await self.gallery.relation_scores(RelationJob(queries, candidates), seq)
-        for n, row in enumerate(rows):
-            relation[row] = answer.scores[n : n + 1, : len(heads[n])]
-        return relation, answer.batch
+    def _search_here(self, jobs: list[SearchJob], shard: GalleryShard) -> list[SearchAnswer]:
+        """The batch against the gallery this replica holds (runs on the compute thread)."""
+        batch = BatchSearch(jobs)
+        shard.sync(self.seq)
+        encoding, embeddings = self._encode(batch.images, "sketch")
+        batch.mark("encode")
+        for depth, rows in batch.depths().items():
+            batch.add_candidates(rows, depth, *shard.candidates(embeddings[rows], depth))
+        batch.mark("search")
+        rows, candidates = batch.rerank_candidates()
+        if rows:
+            batch.add_relation(rows, shard.relation_scores(encoding.select(torch.tensor(rows)), candidates), len(rows))
+        batch.mark("rerank")
+        return batch.answers(shard.describe(batch.result_ids()))
+
+    async def _search_over_shards(self, jobs: list[SearchJob]) -> list[SearchAnswer]:
+        """The batch fanned out to the shard deployments (the encoder stays here)."""
+        batch, seq = BatchSearch(jobs), self.seq
+        encoding, embeddings = await self._compute(self._encode, batch.images, "sketch")
+        batch.mark("encode")
+        for depth, rows in batch.depths().items():
+            batch.add_candidates(rows, depth, *await self.gallery.candidates(embeddings[rows], depth, seq))
+        batch.mark("search")
+        rows, candidates = batch.rerank_candidates()
+        if rows:
+            queries = {key: value[rows] for key, value in encoding.to_arrays().items()}
+            answer = await self.gallery.relation_scores(RelationJob(queries, candidates), seq)
+            batch.add_relation(rows, answer.scores, answer.batch)
+        batch.mark("rerank")
+        return batch.answers(await self.gallery.describe(batch.result_ids(), seq))
 
     # ----------------------------------------------------------------- the gallery
     async def encode_photos(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -68,7 +68,7 @@ class GalleryShardDeployment:
         return await (await self._holder(model, min_seq)).relation_scores(job)
 
     async def describe(self, model: ServingModel, ids: list[int], min_seq: int) -> list[GalleryItem]:
-        return (await self._holder(model, min_seq)).describe(ids)
+        return await (await self._holder(model, min_seq)).describe(ids)
 
     async def info(self, model: ServingModel, min_seq: int) -> tuple[int, str]:
         holder = await self._holder(model, min_seq)

@@ -147,14 +147,28 @@ class EvalConfig(_Strict):
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per encoder actor (fractions share a GPU)")
 
 
+AUTO_FLAT_LIMIT = 4_000_000  # photos x dimension up to which `auto` stays exact (docs/index.md#choosing-an-index)
+
+
 class IndexConfig(_Strict):
     """The FAISS index behind every gallery: evaluation, validation and saved galleries (docs/index.md)."""
 
-    kind: Literal["flat", "ivf", "hnsw"] = Field("flat", description="flat = exact search (the evaluation default)")
-    nlist: int = Field(64, ge=1, description="ivf: k-means cells")
-    nprobe: int = Field(8, ge=1, description="ivf: cells probed per query")
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto", description="auto = flat (exact) up to AUTO_FLAT_LIMIT photos x dimension, ivf above"
+    )
+    nlist: int = Field(64, ge=1, description="ivf: k-means cells (auto: about sqrt of the photos)")
+    nprobe: int = Field(8, ge=1, description="ivf: cells probed per query (auto: at least nlist / 32)")
     hnsw_m: int = Field(32, ge=1, description="hnsw: graph out-degree")
     ef_search: int = Field(64, ge=1, description="hnsw: search beam width")
+
+    def for_gallery(self, count: int, dim: int) -> IndexConfig:
+        """The concrete index for a gallery of ``count`` photos of ``dim`` (``auto`` resolved; others as given)."""
+        if self.kind != "auto":
+            return self
+        if count * dim <= AUTO_FLAT_LIMIT:
+            return self.model_copy(update={"kind": "flat"})
+        nlist = 2 ** round(math.log2(math.sqrt(count)))
+        return self.model_copy(update={"kind": "ivf", "nlist": nlist, "nprobe": max(self.nprobe, nlist // 32)})
 
 
 class AutoscalingConfig(_Strict):
@@ -214,6 +228,19 @@ class GalleryServeConfig(_Strict):
     shard: DeploymentConfig = Field(
         default_factory=DeploymentConfig, description="replicas and resources of each GalleryShard deployment"
     )
+    shard_resources: list[dict[str, float]] = Field(
+        default_factory=list,
+        description="custom Ray resources shard i asks for (entry i modulo the list): pins shards to the nodes "
+        "that offer them, e.g. [{gallery_a: 0.01}, {gallery_b: 0.01}]; empty = Ray places them",
+    )
+
+    def shard_options(self, index: int) -> dict[str, Any]:
+        """``Deployment.options`` of shard ``index``: the shard section's, plus its placement resources."""
+        options = self.shard.serve_options()
+        if self.shard_resources:
+            resources = self.shard_resources[index % len(self.shard_resources)]
+            options["ray_actor_options"] = {**options["ray_actor_options"], "resources": dict(resources)}
+        return options
 
     @model_validator(mode="before")
     @classmethod

@@ -144,8 +144,8 @@ class Gallery:
         return self._index
 
     def _new_index(self) -> EmbeddingIndex:
-        cfg = self.index_config
         embeddings = self.photos.retrieval_embeddings()
+        self.index_config = cfg = self.index_config.for_gallery(len(self), int(embeddings.shape[1]))
         index = EmbeddingIndex(
             int(embeddings.shape[1]),
             cfg.kind,

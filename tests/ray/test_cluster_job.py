@@ -117,10 +117,48 @@ def _wait_for_jobs_api(address: str, proc: subprocess.Popen, log: Path) -> None:
         time.sleep(1)
 
 
+NODE_RESOURCES = ("gallery_home_a", "gallery_home_b")  # one custom resource per node: pins a shard to a node
+
+
+def _second_node(head: Head, tmp_path: Path) -> subprocess.Popen:
+    """A second Ray node on loopback joined to the head (its own ports), offering NODE_RESOURCES[1]."""
+    agent, grpc, metrics, runtime_env, node_manager, object_manager = _free_ports(6)
+    command = [
+        str(RAY), "start", "--block", "--address", head.gcs,
+        "--node-ip-address", "127.0.0.1",
+        "--num-cpus", "2",
+        "--resources", json.dumps({NODE_RESOURCES[1]: 1}),
+        "--dashboard-agent-listen-port", str(agent),
+        "--dashboard-agent-grpc-port", str(grpc),
+        "--metrics-export-port", str(metrics),
+        "--runtime-env-agent-port", str(runtime_env),
+        "--node-manager-port", str(node_manager),
+        "--object-manager-port", str(object_manager),
+        "--min-worker-port", "21000", "--max-worker-port", "21999",  # the head's workers use the default range
+        "--object-store-memory", str(1 << 29),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    log = (tmp_path / "ray-node.log").open("w")
+    proc = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + HEAD_START_TIMEOUT
+    while len(_alive_nodes(head)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ray-node.log").read_text()[-3000:]
+        time.sleep(1)
+    return proc
+
+
+def _alive_nodes(head: Head) -> list[str]:
+    """Ids of the cluster's live nodes (Ray's state API over the head's dashboard; no `ray.init`)."""
+    from ray.util.state import list_nodes
+
+    return [n.node_id for n in list_nodes(address=head.address, filters=[("state", "=", "ALIVE")])]
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory) -> Iterator[Head]:
-    """A Ray head on loopback with its own short temp dir (unix socket paths are limited to ~107 bytes),
-    shared by the tests of this module (each uses its own run names and Serve application)."""
+    """A Ray cluster on loopback, two nodes (a head and a second node, each offering one of NODE_RESOURCES),
+    with its own short temp dir (unix socket paths are limited to ~107 bytes), shared by the tests of this
+    module (each uses its own run names and Serve application)."""
     tmp_path = tmp_path_factory.mktemp("ray-head")
     if not RAY.exists():
         pytest.skip(f"no ray CLI next to {sys.executable}")
@@ -147,6 +185,7 @@ def ray_head(tmp_path_factory) -> Iterator[Head]:
         "--dashboard-agent-listen-port", str(agent_port),  # default 52365 likewise
         "--temp-dir", str(temp_dir),
         "--num-cpus", "4",
+        "--resources", json.dumps({NODE_RESOURCES[0]: 1}),
         "--object-store-memory", str(1 << 30),
         "--disable-usage-stats",
     ]  # fmt: skip
@@ -154,10 +193,14 @@ def ray_head(tmp_path_factory) -> Iterator[Head]:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     head = Head(address, env | {"RAY_ADDRESS": address}, f"127.0.0.1:{gcs_port}", temp_dir, log)
+    node = None
     try:
         _wait_for_jobs_api(head.address, proc, log)
+        node = _second_node(head, tmp_path)
         yield head
     finally:
+        if node is not None:
+            _stop_head(node, token)
         _stop_head(proc, token)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert not _marked_pids(token), "processes of the test's Ray head are still running"
@@ -224,10 +267,18 @@ def test_sbir_train_runs_as_a_ray_job_on_a_ray_start_head(ray_head, tmp_path):
     print(f"job {job_id} finished in {elapsed:.0f} s")
 
 
+def _shard_nodes(head: Head) -> dict[str, str]:
+    """The node of each live GalleryShard replica, by actor class name."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=head.address, filters=[("state", "=", "ALIVE")], limit=1000)
+    return {a.class_name: a.node_id for a in actors if "GalleryShard" in a.class_name}
+
+
 def test_the_generated_serve_config_deploys_with_serve_deploy_on_a_ray_start_head(ray_head, tmp_path):
     """The Serve config `sbir serve --write-config` writes is what `serve deploy` (and a RayService) runs;
-    `sbir serve` serves the same model on the same cluster. A CLIP-AT model: its application has no
-    re-rank deployment, and the written file must not list one."""
+    `sbir serve` serves the same model on the same cluster. The deployed config shards a CLIP-AT gallery over
+    two GalleryShard deployments pinned to the two nodes, and answers as the gallery does on one node."""
     import torch
 
     from sbir.checkpoint import save_checkpoint
@@ -244,14 +295,16 @@ def test_the_generated_serve_config_deploys_with_serve_deploy_on_a_ray_start_hea
     gallery = build_local_gallery(checkpoint, photos, tmp_path / "gallery")
     port = free_port()
     yaml_path = tmp_path / "serve.yaml"
+    placement = f"serve.gallery.shard_resources=[{{{NODE_RESOURCES[0]}: 0.01}}, {{{NODE_RESOURCES[1]}: 0.01}}]"
     write = subprocess.run(
         [str(BIN / "sbir"), "serve", "--write-config", str(yaml_path), "--model", str(checkpoint),
-         "--gallery", str(gallery), f"serve.port={port}", f"run.dir={tmp_path / 'runs'}"],
+         "--gallery", str(gallery), f"serve.port={port}", f"run.dir={tmp_path / 'runs'}",
+         "serve.gallery.shards=2", "serve.gallery.shard.num_cpus=0.25", "serve.ingress.num_cpus=0.25", placement],
         env=ray_head.env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert write.returncode == 0, write.stderr
     deployments = [d["name"] for d in yaml.safe_load(yaml_path.read_text())["applications"][0]["deployments"]]
-    assert deployments == ["Ingress"]  # encoder and gallery live in the ingress; one shard: no shard deployments
+    assert deployments == ["Ingress", "GalleryShard0", "GalleryShard1"]
     serve_cli = str(BIN / "serve")
     deploy = subprocess.run(
         [serve_cli, "deploy", str(yaml_path), "--address", ray_head.address],
@@ -267,9 +320,11 @@ def test_the_generated_serve_config_deploys_with_serve_deploy_on_a_ray_start_hea
                 time.sleep(2)
             info = client.info()
             assert info["method"] == "clip_at" and info["gallery_size"] == len(photos) and info["modes"] == ["ret"]
-            answer = client.search(photos[0].read_bytes(), k=5)
-            assert len(answer.hits) == 5 and answer.mode == "ret"
-            assert answer.ids == offline_ids(checkpoint, gallery, photos[0])[:5]
+            assert info["gallery_shards"] == 2
+            for photo in photos[:3]:
+                answer = client.search(photo.read_bytes(), k=len(photos))
+                assert answer.mode == "ret" and answer.ids == offline_ids(checkpoint, gallery, photo)
+        assert len(set(_shard_nodes(ray_head).values())) == 2, _shard_nodes(ray_head)
     finally:
         subprocess.run(
             [serve_cli, "shutdown", "-y", "--address", ray_head.address],

@@ -137,6 +137,28 @@ def test_batching_batches_and_changes_no_result(served, endpoint):
     assert "sbir_encoder_batch_size_bucket" in metrics
 
 
+def test_rerank_pairs_of_concurrent_requests_pass_the_relation_head_together_and_rank_as_alone(served, endpoint):
+    sketches = _test_files(served, "sketch")[:6]
+
+    def search(path: Path) -> dict:
+        answer = _post_sketch(endpoint["url"], path.read_bytes(), k=6, mode="rn_rerank", rerank_k=6)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    alone = [search(p) for p in sketches]
+    assert all(a["rerank_batch"] == 1 for a in alone)
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(search, sketches * 2))
+    assert max(t["rerank_batch"] for t in together) > 1, "re-rank pairs of concurrent requests were never batched"
+    for single, batched in zip(alone * 2, together, strict=True):
+        assert [h["id"] for h in single["results"]] == [h["id"] for h in batched["results"]]
+        np.testing.assert_allclose(
+            [h["score"] for h in single["results"]], [h["score"] for h in batched["results"]], atol=1e-5
+        )
+    metrics = httpx.get(f"{endpoint['url']}/metrics", timeout=30).text
+    assert "sbir_rerank_batch_queries_bucket" in metrics
+
+
 def _png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), "white").save(buffer, "PNG")

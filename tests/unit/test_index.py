@@ -331,3 +331,15 @@ def test_module_does_not_import_ray():
         "assert 'ray' not in sys.modules, 'ray was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_auto_stays_exact_for_small_galleries_and_turns_to_ivf_for_large_ones():
+    from sbir.config import IndexConfig
+    from sbir.config.sections import AUTO_FLAT_LIMIT
+
+    auto = IndexConfig()
+    assert auto.kind == "auto"
+    assert auto.for_gallery(AUTO_FLAT_LIMIT // 64, 64).kind == "flat"
+    large = auto.for_gallery(1_000_000, 512)
+    assert (large.kind, large.nlist, large.nprobe) == ("ivf", 1024, 32)
+    assert IndexConfig(kind="hnsw").for_gallery(1_000_000, 512).kind == "hnsw"  # an explicit kind is kept

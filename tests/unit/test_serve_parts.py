@@ -126,6 +126,7 @@ def test_deployment_options_come_from_the_config():
             "serve.ingress.autoscaling.max_replicas=4",
             "serve.gallery.shards=2",
             "serve.gallery.shard.num_replicas=3",
+            "serve.gallery.shard_resources=[{node_a: 0.5}, {node_b: 0.5}]",
             "serve.port=9000",
         ],
     )
@@ -136,6 +137,7 @@ def test_deployment_options_come_from_the_config():
     assert "num_replicas" not in deployments["Ingress"]
     assert list(deployments) == ["Ingress", "GalleryShard0", "GalleryShard1"]
     assert deployments["GalleryShard0"]["num_replicas"] == deployments["GalleryShard1"]["num_replicas"] == 3
+    assert deployments["GalleryShard1"]["ray_actor_options"]["resources"] == {"node_b": 0.5}
     assert document["http_options"]["port"] == 9000
     assert document["applications"][0]["runtime_env"]["working_dir"] == "s3://bucket/sbir.zip"
     with pytest.raises(SbirError, match="remote URIs"):
