@@ -15,16 +15,12 @@ from ray.serve.handle import DeploymentHandle
 
 from sbir.inference.gallery import GalleryItem
 from sbir.inference.search import merge_candidates, merge_relation
-from serve.holder import Relation, RelationJob, ShardHolder
+from serve.holder import Candidates, Relation, RelationJob, ShardHolder
 from serve.model import ServingModel
 
 
 class GalleryView(Protocol):
-    """What the ingress asks of the gallery."""
-
-    async def candidates(self, embeddings: np.ndarray, depth: int, seq: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-    async def relation_scores(self, job: RelationJob, seq: int) -> Relation: ...
+    """What the ingress asks of the gallery besides the search itself (which knows where the gallery lives)."""
 
     async def describe(self, ids: list[int], seq: int) -> list[GalleryItem]: ...
 
@@ -34,18 +30,11 @@ class GalleryView(Protocol):
 
 
 class LocalGallery:
-    """The whole gallery in the ingress replica (``serve.gallery.shards`` = 1): no hop at all."""
+    """The whole gallery in the ingress replica (``serve.gallery.shards`` = 1): the search runs on its compute
+    thread against ``holder.shard`` directly, in one hop (``serve.retriever``)."""
 
     def __init__(self, holder: ShardHolder) -> None:
         self.holder = holder
-
-    async def candidates(self, embeddings: np.ndarray, depth: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
-        await self.holder.sync(seq)
-        return await self.holder.candidates(embeddings, depth)
-
-    async def relation_scores(self, job: RelationJob, seq: int) -> Relation:
-        await self.holder.sync(seq)
-        return await self.holder.relation_scores(job)
 
     async def describe(self, ids: list[int], seq: int) -> list[GalleryItem]:
         await self.holder.sync(seq)
@@ -66,9 +55,12 @@ class ShardedGallery:
         self.model = model
         self.shards = shards
 
-    async def candidates(self, embeddings: np.ndarray, depth: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = await asyncio.gather(*(s.candidates.remote(self.model, embeddings, depth, seq) for s in self.shards))
-        return merge_candidates(list(parts), depth)
+    async def candidates(self, embeddings: np.ndarray, depth: int, seq: int, items_for: int = 0) -> Candidates:
+        """The merged first stage, with the items of each query's first ``items_for`` merged candidates."""
+        calls = (s.candidates.remote(self.model, embeddings, depth, seq, items_for) for s in self.shards)
+        parts: list[Candidates] = list(await asyncio.gather(*calls))
+        scores, ids = merge_candidates([(p.scores, p.ids) for p in parts], depth)
+        return Candidates(scores, ids, [item for p in parts for item in p.items])
 
     async def relation_scores(self, job: RelationJob, seq: int) -> Relation:
         count = len(self.shards)

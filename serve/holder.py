@@ -34,6 +34,15 @@ class RelationJob:
 
 
 @dataclass(frozen=True)
+class Candidates:
+    """A shard's first-stage answer: scores and ids (Q x depth, -1 padded) and the items asked for."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+    items: list[GalleryItem]
+
+
+@dataclass(frozen=True)
 class Relation:
     """Relation scores of a job (NaN for ids this holder does not hold), and how many queries shared its pass."""
 
@@ -87,8 +96,15 @@ class ShardHolder:
             return self.shard.applied
         return await self._compute(self.shard.sync, upto)
 
-    async def candidates(self, embeddings: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        return await self._compute(self.shard.candidates, embeddings, depth)
+    async def candidates(self, embeddings: np.ndarray, depth: int, items_for: int = 0) -> Candidates:
+        """The shard's ``depth`` best per query, with the items of each query's first ``items_for`` (what a
+        one-stage search returns, so the ingress needs no second round trip for them)."""
+        return await self._compute(self._candidates, embeddings, depth, items_for)
+
+    def _candidates(self, embeddings: np.ndarray, depth: int, items_for: int) -> Candidates:
+        scores, ids = self.shard.candidates(embeddings, depth)
+        wanted = sorted({int(i) for i in ids[:, :items_for].ravel() if i >= 0})
+        return Candidates(scores, ids, self.shard.describe(wanted) if wanted else [])
 
     async def relation_scores(self, job: RelationJob) -> Relation:
         """Re-score ``job``'s candidates, batched with the other jobs that wait meanwhile."""

@@ -26,7 +26,7 @@ from sbir.inference.search import SearchPlan
 from sbir.inference.shard import GalleryShard
 from sbir.methods import MethodFamily
 from serve.batching import GreedyBatcher
-from serve.gallery import GalleryView, LocalGallery
+from serve.gallery import GalleryView, LocalGallery, ShardedGallery
 from serve.holder import RelationJob
 from serve.model import ServingModel
 
@@ -159,9 +159,12 @@ class Retriever:
         return encoding, encoding.retrieval_embeddings().float().cpu().numpy()
 
     async def _search_batch(self, jobs: list[SearchJob]) -> list[SearchAnswer]:
-        if isinstance(self.gallery, LocalGallery):  # every stage on the compute thread, in one hop
-            return await self._compute(self._search_here, jobs, self.gallery.holder.shard)
-        return await self._search_over_shards(jobs)
+        gallery = self.gallery
+        if isinstance(gallery, LocalGallery):  # every stage on the compute thread, in one hop
+            return await self._compute(self._search_here, jobs, gallery.holder.shard)
+        if isinstance(gallery, ShardedGallery):
+            return await self._search_over_shards(jobs, gallery)
+        raise TypeError(f"no search over a {type(gallery).__name__}")
 
     def _search_here(self, jobs: list[SearchJob], shard: GalleryShard) -> list[SearchAnswer]:
         """The batch against the gallery this replica holds (runs on the compute thread)."""
@@ -178,21 +181,27 @@ class Retriever:
         batch.mark("rerank")
         return batch.answers(shard.describe(batch.result_ids()))
 
-    async def _search_over_shards(self, jobs: list[SearchJob]) -> list[SearchAnswer]:
+    async def _search_over_shards(self, jobs: list[SearchJob], gallery: ShardedGallery) -> list[SearchAnswer]:
         """The batch fanned out to the shard deployments (the encoder stays here)."""
         batch, seq = BatchSearch(jobs), self.seq
         encoding, embeddings = await self._compute(self._encode, batch.images, "sketch")
         batch.mark("encode")
+        items: list[GalleryItem] = []
         for depth, rows in batch.depths().items():
-            batch.add_candidates(rows, depth, *await self.gallery.candidates(embeddings[rows], depth, seq))
+            one_stage = not any(jobs[row].plan.rerank for row in rows)  # their top k are the answer: items now
+            found = await gallery.candidates(embeddings[rows], depth, seq, depth if one_stage else 0)
+            batch.add_candidates(rows, depth, found.scores, found.ids)
+            items += found.items
         batch.mark("search")
         rows, candidates = batch.rerank_candidates()
         if rows:
             queries = {key: value[rows] for key, value in encoding.to_arrays().items()}
-            answer = await self.gallery.relation_scores(RelationJob(queries, candidates), seq)
+            answer = await gallery.relation_scores(RelationJob(queries, candidates), seq)
             batch.add_relation(rows, answer.scores, answer.batch)
         batch.mark("rerank")
-        return batch.answers(await self.gallery.describe(batch.result_ids(), seq))
+        known = {item.id for item in items}
+        missing = [i for i in batch.result_ids() if i not in known]
+        return batch.answers(items + (await gallery.describe(missing, seq) if missing else []))
 
     # ----------------------------------------------------------------- the gallery
     async def encode_photos(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from ray import serve
 
 from sbir.inference.gallery import GalleryItem
 from sbir.inference.saved_gallery import ShardSpec
-from serve.holder import Relation, RelationJob, ShardHolder, keep_in_sync
+from serve.holder import Candidates, Relation, RelationJob, ShardHolder, keep_in_sync
 from serve.model import ServingModel
 from serve.versions_cache import Loaded
 
@@ -60,9 +60,9 @@ class GalleryShardDeployment:
         return await (await self.holders.get(model)).sync(seq)
 
     async def candidates(
-        self, model: ServingModel, embeddings: np.ndarray, depth: int, min_seq: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return await (await self._holder(model, min_seq)).candidates(embeddings, depth)
+        self, model: ServingModel, embeddings: np.ndarray, depth: int, min_seq: int, items_for: int
+    ) -> Candidates:
+        return await (await self._holder(model, min_seq)).candidates(embeddings, depth, items_for)
 
     async def relation_scores(self, model: ServingModel, job: RelationJob, min_seq: int) -> Relation:
         return await (await self._holder(model, min_seq)).relation_scores(job)

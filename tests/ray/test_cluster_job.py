@@ -120,12 +120,16 @@ def _wait_for_jobs_api(address: str, proc: subprocess.Popen, log: Path) -> None:
 NODE_RESOURCES = ("gallery_home_a", "gallery_home_b")  # one custom resource per node: pins a shard to a node
 
 
-def _second_node(head: Head, tmp_path: Path) -> subprocess.Popen:
-    """A second Ray node on loopback joined to the head (its own ports), offering NODE_RESOURCES[1]."""
+def _second_node(head: Head, tmp_path: Path, temp_dir: Path) -> subprocess.Popen:
+    """A second Ray node on loopback joined to the head (its own ports), offering NODE_RESOURCES[1].
+
+    It gets its own temp dir: nodes sharing one would share `runtime_resources/`, and this node's runtime-env
+    agent would delete a job's unpacked working dir while the head's driver still runs in it."""
     agent, grpc, metrics, runtime_env, node_manager, object_manager = _free_ports(6)
     command = [
         str(RAY), "start", "--block", "--address", head.gcs,
         "--node-ip-address", "127.0.0.1",
+        "--temp-dir", str(temp_dir),
         "--num-cpus", "2",
         "--resources", json.dumps({NODE_RESOURCES[1]: 1}),
         "--dashboard-agent-listen-port", str(agent),
@@ -164,6 +168,7 @@ def ray_head(tmp_path_factory) -> Iterator[Head]:
         pytest.skip(f"no ray CLI next to {sys.executable}")
     token = uuid.uuid4().hex
     temp_dir = Path(tempfile.mkdtemp(prefix="sbir-rj-", dir="/tmp"))
+    node_temp_dir = Path(tempfile.mkdtemp(prefix="sbir-rn-", dir="/tmp"))
     gcs_port, dashboard_port, client_port, agent_port = _free_ports(4)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env |= {
@@ -196,13 +201,14 @@ def ray_head(tmp_path_factory) -> Iterator[Head]:
     node = None
     try:
         _wait_for_jobs_api(head.address, proc, log)
-        node = _second_node(head, tmp_path)
+        node = _second_node(head, tmp_path, node_temp_dir)
         yield head
     finally:
         if node is not None:
             _stop_head(node, token)
         _stop_head(proc, token)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(node_temp_dir, ignore_errors=True)
     assert not _marked_pids(token), "processes of the test's Ray head are still running"
 
 

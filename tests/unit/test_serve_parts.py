@@ -157,3 +157,13 @@ def test_bad_builder_args_and_serve_keys_are_refused_by_name():
         load_config(None, ["serve.top_k=500"])
     settings, _ = settings_from_args({"model": "models:/m@champion", "overrides": "serve.api_key=k,serve.top_k=5"})
     assert settings.api_key == "k" and settings.serve.top_k == 5 and settings.gallery is None
+
+
+def test_a_plain_gallery_path_still_configures_the_gallery_and_threads_follow_the_cpus():
+    config = load_config(None, ["serve.gallery=/galleries/zse", "serve.ingress.num_cpus=1.5"])
+    assert config.serve.gallery.path == "/galleries/zse" and config.serve.gallery.shards == 1
+    assert config.serve.ingress.compute_threads == 2  # 1.5 CPUs: two threads, not Ray's one
+    assert load_config(None, ["serve.ingress.num_cpus=0.25"]).serve.ingress.compute_threads == 1
+    assert load_config(None, ["serve.ingress.threads=4"]).serve.ingress.compute_threads == 4
+    with pytest.raises(SbirError, match="shards"):
+        load_config(None, ["serve.gallery.shards=0"])
