@@ -204,6 +204,8 @@ class SpecError(ConfigError):
 def load_spec(path: str | Path | None = None) -> ClusterSpec:
     """Read and validate a cluster spec (default: the shipped ``infra/cluster.yaml``)."""
     source = Path(path) if path else SHIPPED_SPEC
+    if source.is_dir():
+        raise SpecError(f"cluster spec {source} is a folder; name the spec YAML file (e.g. {SHIPPED_SPEC.name})")
     if not source.is_file():
         raise SpecError(f"cluster spec {source} does not exist")
     try:

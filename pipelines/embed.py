@@ -20,6 +20,7 @@ from pipelines.rows import ROW_COLUMNS
 from sbir.checkpoint import load_checkpoint
 from sbir.config import EvalConfig
 from sbir.errors import DeviceError, SbirError
+from sbir.files import files_inside
 from sbir.inference.encoder import Encoder, resolve_device
 from sbir.inference.transforms import ImageTransform
 from sbir.methods import MethodFamily, family_of
@@ -154,13 +155,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 def image_folder_dataset(folder: str | Path) -> ray.data.Dataset:
     """A user's own photo collection: every image file under `folder`, as photo rows without classes."""
     root = Path(folder).resolve()
-    paths = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = [str(p) for p in files_inside(root, IMAGE_SUFFIXES)]
     if not paths:
         raise SbirError(f"{root} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
 
     def to_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["path"])
-        rel = [str(Path(p).resolve().relative_to(root)) for p in batch["path"]]
+        rel = [str(Path(p).relative_to(root)) for p in batch["path"]]
         return {
             "path": np.asarray(rel),
             "image": batch["bytes"],

@@ -83,6 +83,8 @@ def report_folder(out: Path | None, run_dir: Path, reference: str, role: str, ov
     """Where an evaluation writes: `out` (never over an existing report unless `overwrite`), else a new
     folder ``<run.dir>/eval/<reference>-<role>-<time>`` that no other evaluation uses."""
     if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file; name a folder for the report")
         if (out / "report.json").exists() and not overwrite:
             raise UsageError(f"{out} already holds a report; pass --overwrite to replace it, or another --out")
         return out

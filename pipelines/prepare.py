@@ -35,6 +35,7 @@ from sbir.errors import SbirError
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+PENDING = ".sbir-pending-shards.json"  # shard folders being written: what an interrupted run leaves
 BadFilePolicy = Literal["fail", "skip"]
 
 
@@ -226,6 +227,7 @@ def prepare_dataset(
     fs, base = storage.resolve(out)
     manifest_path = storage.join(base, MANIFEST)
     digest = fingerprint(split) + f"-{on_bad_file}"
+    superseded = _previous_data_dir(out)
     started = time.perf_counter()
     blocks = max(1, min(64, len(split.records) // 256))
     ds = ray.data.from_items(_rows(split), override_num_blocks=blocks)
@@ -245,6 +247,7 @@ def prepare_dataset(
         raise BadFilesError(sorted(bad, key=lambda b: b["path"]))
     good = ds.filter(expr=col("bad_reason") == "").drop_columns(["bad_reason"])
     data_dir = f"data-{digest[:12]}-{uuid.uuid4().hex[:8]}"
+    _record_pending(fs, base, data_dir)  # before writing: an interrupted write is still ours to clean up
     good.write_parquet(storage.join(base, data_dir), filesystem=fs, max_rows_per_file=rows_per_file)
     checks = sorted((r["path"], r["sha256"]) for r in good.select_columns(["path", "sha256"]).take_all())
     elapsed = time.perf_counter() - started
@@ -271,7 +274,7 @@ def prepare_dataset(
         out,
     )
     storage.write_json(fs, manifest_path, manifest.to_json())
-    _remove_other_shard_folders(fs, base, keep=data_dir)
+    _remove_our_old_shards(fs, base, superseded, keep=data_dir)
     logger.info(
         "prepared %d images (%d bad) into %s at %.0f img/s",
         len(kept),
@@ -282,13 +285,31 @@ def prepare_dataset(
     return manifest
 
 
-def _remove_other_shard_folders(fs: pafs.FileSystem, base: str, keep: str) -> None:
-    """Shard folders the manifest does not name: an earlier preparation's, or an interrupted one's."""
-    for info in fs.get_file_info(pafs.FileSelector(base)):
-        name = info.base_name
-        if info.type == pafs.FileType.Directory and name.startswith("data-") and name != keep:
-            logger.info("removing shards the manifest does not name: %s", name)
-            storage.delete_dir(fs, info.path)
+def _previous_data_dir(out: str) -> str | None:
+    """The shard folder the manifest already under ``out`` names (replaced by this preparation), if any."""
+    try:
+        return read_manifest(out).data_dir
+    except (PreparedDataMissing, storage.StorageError):
+        return None
+
+
+def _record_pending(fs: pafs.FileSystem, base: str, data_dir: str) -> None:
+    """Note a shard folder about to be written, so that only folders this project wrote are ever removed."""
+    path = storage.join(base, PENDING)
+    pending = storage.read_json(fs, path) if storage.exists(fs, path) else []
+    storage.write_json(fs, path, sorted({*pending, data_dir}))
+
+
+def _remove_our_old_shards(fs: pafs.FileSystem, base: str, superseded: str | None, keep: str) -> None:
+    """Remove the shards of the manifest this one replaced and those of interrupted preparations (recorded in
+    PENDING), never anything else in the folder: other files there are the user's."""
+    path = storage.join(base, PENDING)
+    ours = set(storage.read_json(fs, path)) if storage.exists(fs, path) else set()
+    for name in sorted((ours | {superseded}) - {keep, None}):
+        if storage.exists(fs, storage.join(base, name)):
+            logger.info("removing the shards of an earlier preparation: %s", name)
+            storage.delete_dir(fs, storage.join(base, name))
+    fs.delete_file(path)
 
 
 def _counts(records: list) -> dict[str, Any]:

@@ -8,7 +8,6 @@ everything to MLflow and registers the checkpoint as a model version.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 import threading
@@ -27,18 +26,16 @@ from pipelines.prepare import prepare_training_data
 from pipelines.progress import ProgressPrinter, ProgressSink
 from pipelines.ray_runtime import check_resources, ensure_ray, unwrap_ray_error
 from pipelines.rows import role_dataset
+from pipelines.runs import RunRecord, record_for
 from pipelines.streams import epoch_shards, training_metadata
 from pipelines.train_loop import NOT_VALIDATED, LoopConfig, epoch_dataset_name, read_history, train_loop_per_worker
 from sbir.checkpoint import save_checkpoint
 from sbir.config import Config, dump_config, with_absolute_paths
 from sbir.data.batches import batch_spec
 from sbir.data.manifest import PreparedManifest
-from sbir.errors import SbirError
 from sbir.methods import family_of
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -169,7 +166,7 @@ def run_training(config: Config, *, resume: str | None = None, echo=logger.info)
 
     config = with_absolute_paths(config)  # what checkpoints and MLflow store works from any directory
     run_name = resume or config.run.name or default_run_name(config)
-    run = RunRecord(Path(config.run.dir) / run_name)
+    run = record_for(config.run.dir, run_name, "run")
     run.check_start(resume)
     tracking_uri = resolve_tracking_uri(config.tracking.uri, config.run.dir)
     prepared, manifest = prepare_training_data(config)
@@ -200,62 +197,6 @@ def _end(tracker, run: RunRecord, status: str) -> None:
     tracker.finish(status)
 
 
-class RunError(SbirError):
-    """A run name that is taken, a run to resume that does not exist, or a run folder that cannot be made."""
-
-
-@dataclass
-class RunRecord:
-    """``<run.dir>/<run name>/run.json``: the run's MLflow id and status, so a name is never reused by mistake."""
-
-    dir: Path
-
-    @property
-    def file(self) -> Path:
-        return self.dir / RUN_FILE
-
-    def read(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.file.read_text())
-        except (OSError, ValueError) as exc:
-            raise RunError(f"{self.file}: unreadable run record ({exc})") from exc
-
-    def check_start(self, resume: str | None) -> None:
-        """A new run needs an unused name; a resumed one must exist and not have finished."""
-        name = self.dir.name
-        if resume is None and self.file.is_file():
-            status = self.read().get("status", "unknown")
-            raise RunError(
-                f"a run named {name!r} already exists in {self.dir.parent} (status {status}); resume it with "
-                f"--resume {name}, or pick another run.name"
-            )
-        if resume is not None and not self.file.is_file():
-            known = sorted(p.parent.name for p in self.dir.parent.glob(f"*/{RUN_FILE}"))
-            raise RunError(
-                f"there is no run {name!r} to resume in {self.dir.parent}"
-                + (f"; runs there: {', '.join(known[:10])}" if known else " (it holds no runs)")
-            )
-        if resume is not None and self.read().get("status") == "FINISHED":
-            raise RunError(
-                f"run {name!r} has finished; its best checkpoint is {self.dir / 'best'}. Start a new run instead"
-            )
-
-    def create(self) -> None:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunError(
-                f"cannot create the run folder {self.dir}: {exc.strerror}; set run.dir to a writable folder"
-            ) from exc
-
-    def write(self, **fields: Any) -> None:
-        current = self.read() if self.file.is_file() else {}
-        self.file.write_text(json.dumps(current | fields, indent=2))
-
-    def set_status(self, status: str) -> None:
-        self.write(status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-
-
 def _start_tracking(config: Config, run_name: str, run: RunRecord, tracking_uri: str, resume: str | None):
     """A new MLflow run (or, resuming, the run's own), with the config logged; returns it and the run tags."""
     from pipelines.tracking import Tracker, flatten_params
@@ -268,7 +209,7 @@ def _start_tracking(config: Config, run_name: str, run: RunRecord, tracking_uri:
     else:
         params = flatten_params(config.to_dict())
         tracker = Tracker.start(tracking_uri, config.tracking.experiment, run_name, params, tags)
-        run.write(mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
+        run.write(mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri, kind="run")
     run.write(status="RUNNING")
     (run.dir / "config.yaml").write_text(dump_config(config))
     tracker.log_artifact(run.dir / "config.yaml")

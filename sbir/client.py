@@ -58,7 +58,7 @@ class Client:
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 60.0) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
-        self.url = url.rstrip("/")
+        self.url = _checked_url(url)
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
     def __enter__(self) -> Client:
@@ -83,6 +83,19 @@ class Client:
             raise ClientError(f"{method} {path}: {response.status_code} {message}", response.status_code)
         return response
 
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer of a call; anything else (a proxy's HTML page, another service) is a ClientError."""
+        response = self._call(method, path, **kwargs)
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            kind = response.headers.get("content-type", "no content type")
+            raise ClientError(
+                f"{method} {path}: {self.url} answered {response.status_code} with {kind}, not JSON; is it an "
+                "sbir endpoint?",
+                response.status_code,
+            ) from None
+
     def ready(self) -> bool:
         try:
             return self.http.get("/readyz").status_code == 200
@@ -90,7 +103,7 @@ class Client:
             return False
 
     def info(self) -> dict[str, Any]:
-        return self._call("GET", "/v1/info").json()
+        return self._json("GET", "/v1/info")
 
     def search(
         self,
@@ -106,17 +119,17 @@ class Client:
         if (sketch is None) == (strokes is None):
             raise ClientError("give a sketch image or strokes, one of them")
         if strokes is not None:
-            response = self._call("POST", "/v1/search", json={"strokes": strokes, **options})
+            payload = self._json("POST", "/v1/search", json={"strokes": strokes, **options})
         else:
             data = Path(sketch).read_bytes() if isinstance(sketch, Path) else sketch
             files = {"sketch": ("sketch.png", data, "application/octet-stream")}
-            response = self._call("POST", "/v1/search", files=files, data={k: str(v) for k, v in options.items()})
-        return _search_response(response.json())
+            payload = self._json("POST", "/v1/search", files=files, data={k: str(v) for k, v in options.items()})
+        return _search_response(payload, self.url)
 
     def add(self, photos: list[Path], class_name: str | None = None) -> list[dict[str, Any]]:
         files = [("photo", (p.name, p.read_bytes(), "application/octet-stream")) for p in photos]
         data = {"class": class_name} if class_name else {}
-        return self._call("POST", "/v1/gallery", files=files, data=data).json()["added"]
+        return self._json("POST", "/v1/gallery", files=files, data=data)["added"]
 
     def remove(self, gallery_id: int) -> None:
         self._call("DELETE", f"/v1/gallery/{int(gallery_id)}")
@@ -128,13 +141,34 @@ class Client:
         data = Path(sketch).read_bytes() if isinstance(sketch, Path) else sketch
         files = {"sketch": ("sketch.png", data, "application/octet-stream")}
         form = {"id": str(int(gallery_id)), "arrays": str(arrays).lower()}
-        return self._call("POST", "/v1/explain", files=files, data=form).json()
+        return self._json("POST", "/v1/explain", files=files, data=form)
 
     def reload(self) -> dict[str, Any]:
-        return self._call("POST", "/v1/admin/reload").json()
+        return self._json("POST", "/v1/admin/reload")
 
 
-def _search_response(payload: dict[str, Any]) -> SearchResponse:
+def _checked_url(url: str) -> str:
+    """The endpoint URL without a trailing slash, or a ClientError saying why it is not one."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ClientError(f"{url!r} is not a valid URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ClientError(f"{url!r} is not an endpoint URL: expected http://host:port or https://host")
+    return url.rstrip("/")
+
+
+def _search_response(payload: Any, url: str) -> SearchResponse:
+    """A search answer, or a ClientError when the JSON is not one (another service answered)."""
+    try:
+        return _parse_search(payload)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(
+            f"{url} answered JSON that is not a search result (missing {exc}); is it an sbir endpoint?"
+        ) from None
+
+
+def _parse_search(payload: dict[str, Any]) -> SearchResponse:
     hits = [
         Hit(r["rank"], r["id"], r["score"], r.get("class"), r["image_url"], r.get("path", ""))
         for r in payload["results"]

@@ -46,14 +46,14 @@ def run_sweep(
     echo=logger.info,
 ) -> SweepOutcome:
     """Run (or resume) a sweep end to end; see the module docstring."""
-    from pipelines.train import RunRecord
+    from pipelines.runs import record_for
 
     if resume:
         config, dimensions, run = _resumed(config_source, overrides, resume)
     else:
         config, dimensions = _new_sweep_config(config_source, overrides, space_source)
         name = config.run.name or default_sweep_name(config)
-        run = RunRecord(Path(config.run.dir) / name)
+        run = record_for(config.run.dir, name, "sweep")
         run.check_start(None)
     check_search(dimensions, config)
     return _run(config, dimensions, run, resuming=resume is not None, echo=echo)
@@ -76,11 +76,11 @@ def _new_sweep_config(source: str | None, overrides: list[str], space: str | Non
 
 def _resumed(source: str | None, overrides: list[str], name: str):
     """The stored config and space of a sweep to resume; only where it runs (run.*, tracking.*) may change."""
-    from pipelines.train import RunRecord
+    from pipelines.runs import record_for
     from sbir.config import parse_override, read_config_tree
 
     where = load_config(source, overrides)
-    run = RunRecord(Path(where.run.dir).resolve() / name)
+    run = record_for(Path(where.run.dir).resolve(), name, "sweep")
     run.check_start(name)
     changes: dict[str, Any] = {}
     for section in ("run", "tracking"):

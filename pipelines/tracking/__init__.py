@@ -10,6 +10,7 @@ from pipelines.tracking.references import (
     BadCheckpointReference,
     CheckpointNotFound,
     ResolvedCheckpoint,
+    is_tracked_reference,
     resolve_checkpoint,
     resolve_reference,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Tracker",
     "TrackingError",
     "flatten_params",
+    "is_tracked_reference",
     "model_name",
     "register_checkpoint",
     "resolve_checkpoint",

@@ -66,6 +66,12 @@ def resolve_checkpoint(
     return resolve_reference(ref, tracking_uri, dst, runs_dir).directory
 
 
+def is_tracked_reference(ref: str) -> bool:
+    """Whether ``ref`` names an MLflow model version or run artifact (else it must be a local folder)."""
+    ref = str(ref).strip()
+    return ref.startswith(("models:/", "runs:/")) or (bool(_RUN_ID.match(ref)) and not Path(ref).exists())
+
+
 def resolve_reference(
     ref: str, tracking_uri: str | None = None, dst: str | Path | None = None, runs_dir: str | Path = "runs"
 ) -> ResolvedCheckpoint:

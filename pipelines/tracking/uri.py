@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -105,8 +106,33 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return (db.parent / ARTIFACTS_DIR).resolve().as_uri() if db is not None else None
 
 
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail in seconds when a tracking server does not accept connections: MLflow's own client retries
+    for minutes with only urllib3 warnings to show for it."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError as exc:
+        raise TrackingError(f"tracking URI {display(tracking_uri)}: {exc}") from exc
+    try:
+        socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise TrackingError(
+            f"cannot reach the MLflow server at {display(tracking_uri)} ({reason}); start it, or fix tracking.uri "
+            "/ MLFLOW_TRACKING_URI"
+        ) from exc
+
+
 def make_client(tracking_uri: str) -> MlflowClient:
-    # The registry URI is given explicitly: MLflow would otherwise pick its global default.
+    """A client for this store (a server is checked to answer first); the registry URI is given explicitly,
+    or MLflow would pick its global default."""
+    check_reachable(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

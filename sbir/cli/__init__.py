@@ -117,14 +117,17 @@ def model_info(config: ConfigOption = None, overrides: Overrides = None) -> None
 def model_convert_official(
     checkpoint: Annotated[Path, typer.Argument(help="the released best_checkpoint.pth")],
     out: Annotated[Path, typer.Option("--out", help="output checkpoint directory")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a checkpoint already in --out")] = False,
     config: ConfigOption = None,
     overrides: Overrides = None,
 ) -> None:
     """Load the authors' released checkpoint strictly and save it in the project's format."""
     from sbir.checkpoint import save_checkpoint
+    from sbir.files import check_output
     from sbir.methods import family_of
 
     cfg = config_from(config, overrides)
+    check_output(out, want="folder", overwrite=overwrite, option="--out")
     family = family_of(cfg)
     model = family.build_model(cfg.model, load_pretrained=False)
     info = family.load_release_checkpoint(model, str(checkpoint))

@@ -13,6 +13,7 @@ from sbir.errors import SbirError, UsageError
 
 data_app = typer.Typer(help="Synthesise, verify and prepare datasets.", no_args_is_help=True, rich_markup_mode=None)
 
+MAX_SIDE = 4096  # pixels: the largest image side `synth` and `rasterize` write (the models see 224)
 LAYOUTS = "sketchy, tuberlin, quickdraw, generic (synthetic = sketchy)"
 
 
@@ -20,10 +21,10 @@ LAYOUTS = "sketchy, tuberlin, quickdraw, generic (synthetic = sketchy)"
 def synth(
     out: Annotated[Path, typer.Option("--out", help="output folder (new, empty, or an earlier synth output)")],
     seed: Annotated[int, typer.Option(help="random seed; same seed, same bytes")] = 0,
-    classes: Annotated[int, typer.Option(help="number of categories")] = 100,
-    sketches_per_class: Annotated[int, typer.Option(help="sketches per category")] = 40,
-    photos_per_class: Annotated[int, typer.Option(help="photos per category")] = 40,
-    image_size: Annotated[int, typer.Option(help="image side in pixels")] = 224,
+    classes: Annotated[int, typer.Option(help="number of categories", min=2, max=100_000)] = 100,
+    sketches_per_class: Annotated[int, typer.Option(help="sketches per category", min=1, max=100_000)] = 40,
+    photos_per_class: Annotated[int, typer.Option(help="photos per category", min=1, max=100_000)] = 40,
+    image_size: Annotated[int, typer.Option(help="image side in pixels", min=16, max=MAX_SIDE)] = 224,
     unseen_fraction: Annotated[float, typer.Option(help="share of categories held out as unseen")] = 0.2,
     split: Annotated[str, typer.Option(help="split folder name for the lists")] = "zeroshot1",
     workers: Annotated[int, typer.Option(help="processes (output does not depend on it)")] = 1,
@@ -57,7 +58,9 @@ def verify(
     check_images: Annotated[bool, typer.Option(help="decode every image")] = True,
     strict: Annotated[bool, typer.Option(help="treat warnings (e.g. unlisted files) as problems")] = False,
     pairs: Annotated[Path | None, typer.Option(help="fine-grained pairs list")] = None,
-    val_fraction: Annotated[float, typer.Option(help="share of seen classes held out for validation")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(help="share of seen classes held out for validation", min=0.0, max=0.99)
+    ] = 0.1,
     val_seed: Annotated[int, typer.Option(help="seed of the validation-class choice")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
@@ -87,7 +90,9 @@ def prepare(
     split: Annotated[str, typer.Option(help="split folder, e.g. zeroshot1")],
     out: Annotated[str, typer.Option(help="output folder or s3://bucket/prefix")],
     on_bad_file: Annotated[str, typer.Option(help="fail | skip (skipped files are listed in the manifest)")] = "fail",
-    val_fraction: Annotated[float, typer.Option(help="share of seen classes held out for validation")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(help="share of seen classes held out for validation", min=0.0, max=0.99)
+    ] = 0.1,
     val_seed: Annotated[int, typer.Option(help="seed of the validation-class choice")] = 0,
     pairs: Annotated[Path | None, typer.Option(help="fine-grained pairs list")] = None,
     rows_per_file: Annotated[int, typer.Option(help="rows per Parquet shard")] = 2000,
@@ -121,9 +126,9 @@ def prepare(
 def rasterize(
     ndjson: Annotated[Path, typer.Argument(help="QuickDraw ndjson file (raw or simplified), one drawing per line")],
     out: Annotated[Path, typer.Option("--out", help="folder for the PNG sketches")],
-    size: Annotated[int, typer.Option(help="image side in pixels")] = 224,
-    pen_width: Annotated[float, typer.Option(help="pen width in pixels")] = 3.0,
-    limit: Annotated[int | None, typer.Option(help="stop after this many drawings")] = None,
+    size: Annotated[int, typer.Option(help="image side in pixels", min=16, max=MAX_SIDE)] = 224,
+    pen_width: Annotated[float, typer.Option(help="pen width in pixels", min=0.5, max=64)] = 3.0,
+    limit: Annotated[int | None, typer.Option(help="stop after this many drawings", min=1)] = None,
     on_bad_line: Annotated[str, typer.Option(help="fail | skip (skipped lines are reported)")] = "fail",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace PNGs already in --out")] = False,
 ) -> None:
@@ -152,6 +157,8 @@ def rasterize(
                 target = out / f"{name}.png"
                 if name in seen:
                     raise StrokeFormatError(f"key_id {name!r} repeats an earlier drawing")
+                if target.is_symlink():
+                    raise StrokeFormatError(f"{target} is a link; sbir never writes through a link")
                 if target.exists() and not overwrite:
                     raise StrokeFormatError(f"{target} exists (pass --overwrite to replace it)")
                 image = rasterize_drawing(obj, size=size, pen_width=pen_width)

@@ -19,6 +19,10 @@ def train(
 ) -> None:
     """Train on Ray Train (DDP), evaluate the best checkpoint on the unseen classes, track and register in MLflow."""
     cfg = config_from(config, overrides)
+    if resume is not None:
+        from pipelines.runs import record_for
+
+        record_for(cfg.run.dir, resume, "run").check_start(resume)
     if dry_run:
         typer.echo(f"ok: sbir train would train {describe_run(cfg)}")
         return

@@ -11,6 +11,7 @@ base), ``methods`` (the model section and its presets), ``sections`` (the app se
 ``loading`` (YAML, overrides, dump, absolute paths) and ``for_checkpoint`` (a stored checkpoint's config).
 """
 
+from sbir.config.base import check_name
 from sbir.config.for_checkpoint import RUNTIME_SECTIONS, config_for_checkpoint
 from sbir.config.loading import (
     build_config,
@@ -61,6 +62,7 @@ __all__ = [
     "TuneConfig",
     "ZSEConfig",
     "build_config",
+    "check_name",
     "config_for_checkpoint",
     "dump_config",
     "format_validation_errors",

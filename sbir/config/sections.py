@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from sbir.config.base import _Strict
+from sbir.config.base import Name, _Strict
+
+MAX_EPOCHS = 1_000  # the papers train 10-60; every epoch's data plan is made before the first step
 
 
 class DataConfig(_Strict):
@@ -30,7 +32,7 @@ class DataConfig(_Strict):
 class EvalTarget(_Strict):
     """An extra evaluation dataset (cross-dataset: train on one dataset, test on another's unseen classes)."""
 
-    name: str
+    name: Name
     root: str
     layout: Literal["sketchy", "tuberlin", "quickdraw", "generic", "synthetic"]
     split: str
@@ -46,9 +48,9 @@ class TrainConfig(_Strict):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     precision: Literal["fp32", "amp_fp16", "amp_bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    epochs: int = Field(30, ge=1)
-    steps_per_epoch: int = Field(666, ge=1)
-    batch_size: int = Field(15, ge=1)
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
+    steps_per_epoch: int = Field(666, ge=1, le=1_000_000)
+    batch_size: int = Field(15, ge=1, le=100_000)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-5, gt=0)
     lr_backbone: float | None = Field(None, gt=0, description="CLIP-AT LayerNorm lr; null = lr")
@@ -108,7 +110,7 @@ class RunConfig(_Strict):
 
     dir: str = Field("runs", description="local run directory: reports, the embedded MLflow store")
     storage: str | None = Field(None, description="checkpoint storage (local path or s3://); null = run.dir")
-    name: str | None = Field(None, description="run name; null = <method>-<setting>-<timestamp>")
+    name: Name | None = Field(None, description="run name; null = <method>-<setting>-<timestamp>")
     ray_address: str | None = Field(None, description="Ray cluster address; null = RAY_ADDRESS or a local cluster")
     ray_connect_timeout_s: float = Field(30.0, gt=0, description="give up on an unreachable Ray address after this")
     check_resources: bool = Field(

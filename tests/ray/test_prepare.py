@@ -67,7 +67,11 @@ def test_bad_files_fail_or_are_skipped_and_reported(ray_cluster, toy_split, tmp_
 
 
 def test_rerun_is_idempotent_and_notices_changed_files(ray_cluster, toy_split, tmp_path):
+    """A changed input is prepared again and the superseded shards go; folders of the user's stay (even named
+    data-*: only shard folders this project wrote and recorded are ever removed)."""
     out = str(tmp_path / "prepared")
+    (tmp_path / "prepared" / "data-mine").mkdir(parents=True)
+    (tmp_path / "prepared" / "data-mine" / "keep.txt").write_text("mine")
     first = prepare_dataset(toy_split, out)
     again = prepare_dataset(toy_split, out)
     assert again.data_dir == first.data_dir and again.created == first.created
@@ -77,6 +81,8 @@ def test_rerun_is_idempotent_and_notices_changed_files(ray_cluster, toy_split, t
     changed = prepare_dataset(toy_split, out)
     assert changed.data_dir != first.data_dir
     assert not os.path.exists(os.path.join(out, first.data_dir))  # old shards are removed
+    assert (tmp_path / "prepared" / "data-mine" / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(out)) == sorted(["data-mine", changed.data_dir, "manifest.json"])
     assert changed.content_sha256 != first.content_sha256
 
 

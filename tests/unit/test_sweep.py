@@ -204,7 +204,8 @@ def test_a_retried_trials_repeated_epochs_count_once_and_the_retry_has_the_last_
         ([], 1, ["no search space", "--space"]),
         (["--space", "zse_kernels", "train.nope=1"], 2, ["train.nope", "unknown key"]),
         (["--space", "zse_kernels", "--resume", "x"], 2, ["--resume", "--space"]),
-        (["--resume", "never-ran"], 1, ["no run 'never-ran' to resume"]),
+        (["--resume", "never-ran"], 1, ["no sweep 'never-ran' to resume"]),
+        (["--resume", "../up"], 2, ["not a name", "'../up'"]),
     ],
 )
 def test_bad_sweep_commands_are_one_line_errors_before_ray_starts(tmp_path, no_ray, args, code, needles):
