@@ -46,6 +46,8 @@ class Load:
     mean_batch: float
     mean_rerank_batch: float
     errors: int
+    busy: float = 0.0  # share of the machine's CPU time busy during the run (all processes)
+    client_busy: float = 0.0  # share of it spent by the benchmark's own client process
 
 
 def prepared_table(prepared: str, columns: list[str]):
@@ -143,8 +145,23 @@ async def _clients(url: str, sketches: list[bytes], clients: int, per_client: in
     return Load("", mode, clients, n, p50, p99, n / wall, mean, rerank, errors)
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def run_clients(url: str, sketches: list[bytes], clients: int, per_client: int, mode: str) -> Load:
-    return asyncio.run(_clients(url, sketches, clients, per_client, mode))
+    """The load, with where the machine's CPU went meanwhile: busy share, and the clients' own part of it."""
+    busy0, total0 = _cpu_ticks()
+    client0, wall0 = time.process_time(), time.perf_counter()
+    load = asyncio.run(_clients(url, sketches, clients, per_client, mode))
+    busy1, total1 = _cpu_ticks()
+    cores = os.cpu_count() or 1
+    load.busy = (busy1 - busy0) / max(1, total1 - total0)
+    load.client_busy = (time.process_time() - client0) / ((time.perf_counter() - wall0) * cores)
+    return load
 
 
 def endpoint_loads(args, gallery: Path, tracking: str, sketches: list[bytes], topology: str, overrides: list[str]):
@@ -171,7 +188,9 @@ def endpoint_loads(args, gallery: Path, tracking: str, sketches: list[bytes], to
                 loads.append(load)
                 print(
                     f"{topology} {mode} {clients:2d} clients: p50 {load.p50_ms:.1f} ms, {load.per_s:.1f} req/s, "
-                    f"batch {load.mean_batch:.1f}, rerank batch {load.mean_rerank_batch:.1f}, errors {load.errors}"
+                    f"batch {load.mean_batch:.1f}, rerank batch {load.mean_rerank_batch:.1f}, errors {load.errors}, "
+                    f"CPU busy {load.busy:.0%} (clients {load.client_busy:.0%})",
+                    flush=True,
                 )
     finally:
         stop_endpoint()
@@ -217,6 +236,7 @@ def main() -> None:
     ap.add_argument("--model", default="models:/sbir-zse-synthetic@champion")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="compute threads: floor and endpoint")
     ap.add_argument("--skip-build", action="store_true", help="leave out the gallery-build comparison")
+    ap.add_argument("--build-photos-per-class", type=int, default=150, help="photos per class of the build dataset")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -237,9 +257,6 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = Path(tempfile.mkdtemp(prefix="sbir-bench-serve-"))
     try:
-        builds = {}
-        if not args.skip_build:
-            builds = gallery_builds(args, resolved, config, work)
         gallery = work / "test"
         build_gallery(resolved, str(gallery), config, prepared=args.prepared, roles=("test",))
         sketches = images_of(args.prepared, "sketch", "test", 64)
@@ -261,6 +278,7 @@ def main() -> None:
             "serve.gallery.shard.threads=1",
         ]
         loads += endpoint_loads(args, gallery, tracking, sketches, "2 shards", sharded)
+        builds = {} if args.skip_build else gallery_builds(args, resolved, work)  # last: it leaves idle workers
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -271,28 +289,44 @@ def main() -> None:
         print(f"wrote the '{SECTION}' section of {args.write}")
 
 
-def gallery_builds(args, resolved, config, work: Path) -> dict[str, tuple[int, float]]:
-    """The gallery of every photo of the dataset: plain single-process build vs Ray Data with 1 and 2 actors,
-    the same total threads."""
+def build_dataset(work: Path, photos_per_class: int) -> str:
+    """A synthetic dataset like the demo's (60 classes, 64 px) with more photos per class, prepared."""
+    from pipelines.prepare import prepare_dataset
+    from sbir.data.readers import read_split
+    from sbir.data.synth import write_synthetic_dataset
+
+    data = work / "build-data"
+    write_synthetic_dataset(
+        data, num_classes=60, sketches_per_class=2, photos_per_class=photos_per_class, image_size=64,
+        progress=False, workers=2,
+    )  # fmt: skip
+    split = read_split("synthetic", data, "zeroshot1")
+    prepared = str(work / "build-prepared")
+    prepare_dataset(split, prepared, source=f"synthetic:{data}")
+    return prepared
+
+
+def gallery_builds(args, resolved, work: Path) -> dict[str, tuple[int, float]]:
+    """The gallery of every photo of a dataset: a plain single-process build against Ray Data with 1 and 2
+    actors, the same total threads. Each Ray Data build runs twice on the same cluster: *cold* pays for
+    starting the actors' worker processes (what one `sbir index build` pays), *warm* does not."""
     from pipelines.gallery import build_gallery
     from sbir.config import load_config
 
+    prepared = build_dataset(work, args.build_photos_per_class)
     threads = args.threads
-    builds = {"plain loop, 1 process": plain_build(resolved.directory, args.prepared, work / "plain", 64, threads)}
-    print(f"plain: {builds['plain loop, 1 process']}")
+    builds = {"plain loop, 1 process": plain_build(resolved.directory, prepared, work / "plain", 64, threads)}
+    print(f"plain: {builds['plain loop, 1 process']}", flush=True)
     for actors in (1, 2):
         per_actor = max(1, threads // actors)
-        overrides = [
-            f"data.prepared={args.prepared}",
-            f"eval.num_workers={actors}",
-            f"eval.cpus_per_worker={per_actor}",
-        ]
+        overrides = [f"eval.num_workers={actors}", f"eval.cpus_per_worker={per_actor}"]
         cfg = load_config(PRESET, overrides)
-        out = work / f"ray-{actors}"
-        build = build_gallery(resolved, str(out), cfg, prepared=args.prepared, roles=("train", "val", "test"))
-        builds[f"Ray Data, {actors} actor(s) x {per_actor} thread(s)"] = (build.photos, build.seconds)
-        print(f"Ray Data {actors}: {build.photos} photos in {build.seconds:.1f} s")
-        shutil.rmtree(out, ignore_errors=True)
+        for start in ("cold", "warm"):
+            out = work / f"ray-{actors}-{start}"
+            build = build_gallery(resolved, str(out), cfg, prepared=prepared, roles=("train", "val", "test"))
+            builds[f"Ray Data, {actors} actor(s) x {per_actor} thread(s), {start}"] = (build.photos, build.seconds)
+            print(f"Ray Data {actors} {start}: {build.photos} photos in {build.seconds:.1f} s", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
     return builds
 
 
@@ -300,7 +334,7 @@ def report(args, floors: dict, loads: list[Load], builds: dict) -> str:
     by = {(r.topology, r.mode, r.clients): r for r in loads}
     rows = "\n".join(
         f"| {r.topology} | `{r.mode}` | {r.clients} | {r.requests} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.per_s:.1f} | "
-        f"{r.mean_batch:.1f} | {r.mean_rerank_batch:.1f} | {r.errors} |"
+        f"{r.mean_batch:.1f} | {r.mean_rerank_batch:.1f} | {r.busy:.0%} | {r.client_busy:.0%} | {r.errors} |"
         for r in loads
     )
     goals = []
@@ -336,15 +370,19 @@ replica holding the encoder and the gallery).
 **Topologies.** *fused*: the ingress replica decodes, encodes, searches and re-ranks (no hop after the
 proxy). *2 shards*: the ingress encodes; two GalleryShard deployments each hold half the gallery and its
 tokens, search and re-rank their own candidates; the ingress merges. *batch*: searches encoded together;
-*rerank batch*: queries whose re-rank pairs went through the relation head in one pass.
+*re-rank batch*: queries whose re-rank pairs went through the relation head in one pass; *CPU busy*: the
+share of the machine's CPU time (all cores, all processes) busy during the run; *clients*: the part of it the
+benchmark's own HTTP clients used.
 
-| topology | mode | clients | requests | p50 (ms) | p99 (ms) | requests/s | batch | rerank batch | errors |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| topology | mode | clients | requests | p50 (ms) | p99 (ms) | req/s | batch | re-rank batch | CPU | clients | errors |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {rows}
 
-**Gallery build** of every photo of the demo dataset, written as a saved gallery with its photos, with the
-same total threads ({args.threads}): a plain single-process build against `sbir index build`'s Ray Data batch
-inference (goal ≥ 0.9x):
+**Gallery build** of every photo of a synthetic dataset like the demo's (60 classes, 64 px,
+{args.build_photos_per_class} photos per class), written as a saved gallery with its photos, with the same total
+threads ({args.threads}): a plain single-process build against `sbir index build`'s Ray Data batch inference (goal
+≥ 0.9x). *Cold*: the first build on the cluster, which starts the actors' worker processes (what one `sbir index
+build` pays); *warm*: the same build again.
 
 | how | photos | seconds | images/s | vs plain |
 |---|---:|---:|---:|---:|

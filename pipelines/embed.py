@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +117,25 @@ def encode_rows(
     ds: ray.data.Dataset, checkpoint: Path, transform: ImageTransform, eval_cfg: EvalConfig, keep_images: bool = False
 ) -> ray.data.Dataset:
     """Rows (path, image, class_id, modality, pair_id) with their encodings: an actor pool from ``eval.*``."""
-    from ray.data import ActorPoolStrategy
 
     check_eval_resources(eval_cfg)
     device = "cuda" if eval_cfg.gpus_per_worker > 0 else "cpu"
+    with warnings.catch_warnings():
+        # Actor restarts have no named parameter yet; the deprecated keyword route is the only one.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+        return _map_encoder(ds, checkpoint, transform, eval_cfg, keep_images, device)
+
+
+def _map_encoder(
+    ds: ray.data.Dataset,
+    checkpoint: Path,
+    transform: ImageTransform,
+    eval_cfg: EvalConfig,
+    keep_images: bool,
+    device: str,
+) -> ray.data.Dataset:
+    from ray.data import ActorPoolStrategy
+
     return ds.map_batches(
         EmbedBatch,
         fn_constructor_args=(
@@ -135,6 +151,7 @@ def encode_rows(
         compute=ActorPoolStrategy(size=eval_cfg.num_workers),
         num_cpus=eval_cfg.cpus_per_worker,
         num_gpus=eval_cfg.gpus_per_worker,
+        max_restarts=eval_cfg.actor_restarts,
     )
 
 

@@ -67,6 +67,7 @@ def ensure_ray(
         # Fractional-CPU data tasks start many worker processes at once; the raylet's default start-up
         # concurrency (the core count) makes it warn about every burst on a small machine.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(2 * local_cpus()))
+        _mark_local_cluster()
         try:
             ray.init(
                 address="local",  # a cluster of its own, even when `ray start` runs one on this machine
@@ -80,6 +81,45 @@ def ensure_ray(
                 raise
             raise ClusterError(_local_start_failed()) from None
     configure_ray_data(verbose)
+
+
+LOCAL_CLUSTER_ENV = "SBIR_LOCAL_CLUSTER"  # inherited by every process of a local cluster this process starts
+_started: dict[str, str] = {}  # the marker of the local cluster this process started, if it did
+
+
+def _mark_local_cluster() -> None:
+    """Before a local cluster starts: a marker its processes inherit (see ``reap_local_cluster``), and HAProxy
+    stats and metrics ports of its own, so two local endpoints on one machine do not both want 8404 and 9101."""
+    inherited = LOCAL_CLUSTER_ENV in os.environ  # started by an sbir process: its ports were chosen, not set
+    _started["marker"] = os.environ[LOCAL_CLUSTER_ENV] = f"{os.getpid()}-{time.monotonic_ns()}"
+    for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        if inherited or name not in os.environ:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                os.environ[name] = str(sock.getsockname()[1])
+
+
+def reap_local_cluster() -> list[int]:
+    """After ``ray.shutdown``: kill what is left of the local cluster this process started (the PIDs). Ray's
+    HAProxy runs as a child of a worker and outlives it when the cluster's daemons were killed first (SIGTERM
+    to the whole process group), holding its ports; nothing carries the marker unless we started it."""
+    marker = _started.get("marker")  # only a cluster this very process started; never an inherited marker
+    if not marker:
+        return []
+    needle = f"{LOCAL_CLUSTER_ENV}={marker}".encode()
+    killed = []
+    for proc in os.scandir("/proc"):
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{proc.name}/environ", "rb") as env:
+                if needle not in env.read().split(b"\0"):
+                    continue
+            os.kill(int(proc.name), 9)
+            killed.append(int(proc.name))
+        except OSError:
+            continue
+    return killed
 
 
 RAY_AGENT_PORT = 52365  # every Ray node's dashboard agent listens here unless told otherwise

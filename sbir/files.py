@@ -7,6 +7,7 @@ reader never sees half a file: the data goes to a temporary file in the same fol
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -79,3 +80,20 @@ def files_inside(root: str | os.PathLike[str], suffixes: tuple[str, ...]) -> lis
             "the folder it is given: copy those files in, or remove the links"
         )
     return sorted(found)
+
+
+def read_format_json(path: Path, format_name: str, version: int, error: type[Exception], what: str) -> dict:
+    """The JSON descriptor of a saved artefact at ``path``, checked to be ``format_name`` at ``version``; any
+    other file (unreadable, another format or version) raises ``error`` naming ``what`` it should be."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"corrupt {what} {path}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != format_name:
+        raise error(f"{path} is not an {format_name} {what}")
+    if meta.get("version") != version:
+        raise error(
+            f"{path} has format version {meta.get('version')!r}; this code reads version {version}. "
+            f"Rebuild the {what} with the current code"
+        )
+    return meta

@@ -44,6 +44,7 @@ from serve.requests import (
     parse_json,
     photo_name,
     search_query,
+    with_query_options,
 )
 from serve.retriever import Retriever, SearchJob
 from serve.settings import AppSettings
@@ -71,6 +72,11 @@ api = FastAPI(
 http.install(api)
 
 _SKETCH_BODY = {
+    "parameters": [
+        {"name": "k", "in": "query", "required": False, "schema": {"type": "integer"}},
+        {"name": "mode", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "rerank_k", "in": "query", "required": False, "schema": {"type": "integer"}},
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -98,7 +104,7 @@ _SKETCH_BODY = {
                 }
             },
         },
-    }
+    },
 }
 
 
@@ -261,6 +267,7 @@ class Ingress:
         retriever = await self._retriever()
         family = retriever.family
         fields, sketch, source, decode_s = await self._sketch_request(request)
+        fields = with_query_options(fields, list(request.query_params.multi_items()))
         query = search_query(fields, sketch, source, self.limits, family.served_modes)
         mode = query.mode or family.default_mode
         answer = await retriever.search(SearchJob(query.sketch, retriever.plan(query.k, mode, query.rerank_k)))

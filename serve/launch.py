@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +20,15 @@ from serve.settings import AppArgs, settings_from_args
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 60.0
 
 
 class EndpointError(SbirError):
     """The endpoint did not start or did not become ready."""
+
+
+class StartStopped(SbirError):
+    """A stop (Ctrl-C, SIGTERM) came while the endpoint was still starting."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,36 @@ class Endpoint:
     api_key: str | None = None
 
 
-def start_endpoint(config: Config, args: dict[str, Any], timeout_s: float = READY_TIMEOUT_S) -> Endpoint:
-    """Deploy the application on the connected Ray cluster (Ray must be initialised) and wait for /readyz."""
+def serve_until_stopped(config: Config, args: dict[str, Any], stopped: threading.Event, echo=logger.info) -> None:
+    """`sbir serve`: start the endpoint, serve until ``stopped`` is set (by a signal), then stop it; a stop
+    asked for while it still starts ends the start at once."""
+    if stopped.is_set():
+        echo("stopped before the endpoint started")
+        return
+    echo("starting the endpoint …")
+    try:
+        try:
+            endpoint = start_endpoint(config, args, stopped=stopped)
+        except StartStopped:
+            echo("stopping the endpoint (it was still starting)")
+            return
+        echo(f"serving {endpoint.model_id} ({endpoint.method}) at {endpoint.url}  (Ctrl-C to stop)")
+        echo(f"API: {endpoint.url}/docs   metrics: {endpoint.url}/metrics")
+        while not stopped.wait(1.0):
+            pass
+        echo("stopping the endpoint")
+    finally:
+        stop_endpoint()
+
+
+def start_endpoint(
+    config: Config,
+    args: dict[str, Any],
+    timeout_s: float = READY_TIMEOUT_S,
+    stopped: threading.Event | None = None,
+) -> Endpoint:
+    """Deploy the application on the connected Ray cluster (Ray must be initialised) and wait for /readyz;
+    StartStopped when ``stopped`` is set before it is ready."""
     from ray import serve
 
     app_args = AppArgs.parse(args)
@@ -46,7 +80,8 @@ def start_endpoint(config: Config, args: dict[str, Any], timeout_s: float = READ
     serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{host}:{port}"
-    wait_ready(url, timeout_s)
+    if not wait_ready(url, timeout_s, stopped):
+        raise StartStopped(f"the endpoint at {url} was stopped while it started")
     return Endpoint(url, serving.model_id, serving.method, settings.api_key)
 
 
@@ -65,15 +100,18 @@ def _serving_address(host: str, port: int) -> tuple[str, int]:
     return http.host, http.port
 
 
-def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Poll /readyz until it answers 200; a load error reported there ends the wait at once."""
+def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S, stopped: threading.Event | None = None) -> bool:
+    """Poll /readyz until it answers 200 (True) or ``stopped`` is set (False); a load error reported there
+    ends the wait at once."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
+        if stopped is not None and stopped.is_set():
+            return False
         try:
             response = httpx.get(f"{url}/readyz", timeout=5)
             if response.status_code == 200:
-                return
+                return True
             last = response.json().get("error", response.text)
             if "loading" not in last:
                 raise EndpointError(f"the endpoint at {url} cannot serve: {last}")
@@ -83,10 +121,19 @@ def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
     raise EndpointError(f"the endpoint at {url} was not ready after {timeout_s:.0f} s ({last})")
 
 
-def stop_endpoint() -> None:
+def stop_endpoint(timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Delete the application; bounded, so that a cluster whose daemons are already gone (a terminal closed
+    sends SIGTERM to them too) cannot hang the stop."""
     from ray import serve
 
-    try:
-        serve.delete(APP_NAME)
-    except Exception as exc:  # already gone
-        logger.debug("serve.delete: %s", exc)
+    def delete() -> None:
+        try:
+            serve.delete(APP_NAME)
+        except Exception as exc:  # already gone
+            logger.debug("serve.delete: %s", exc)
+
+    worker = threading.Thread(target=delete, name="serve-delete", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        logger.warning("Ray did not delete the endpoint within %.0f s (its processes may be gone); leaving", timeout_s)

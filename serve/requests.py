@@ -130,11 +130,45 @@ def parse_mode(value: Any, modes: tuple[str, ...]) -> str | None:
     return str(value)
 
 
+QUERY_OPTIONS = ("k", "mode", "rerank_k")  # search options also accepted in the query string
+MIN_SKETCH_SIDE = 16  # pixels: below this a drawing has no strokes to speak of
+MAX_SKETCH_ASPECT = 8.0  # longer side / shorter side: beyond it the square resize leaves a line
+
+
+def with_query_options(fields: dict[str, Any], params: list[tuple[str, str]]) -> dict[str, Any]:
+    """The body's fields plus the search options given as query parameters (``?k=3``); any other query
+    parameter, a repeated one, or an option given both ways is refused by name."""
+    merged = dict(fields)
+    for name, value in params:
+        if name not in QUERY_OPTIONS:
+            raise RequestError(
+                400, f"unknown query parameter {name!r}; a search takes {', '.join(QUERY_OPTIONS)} there"
+            )
+        if name in merged:
+            raise RequestError(400, f"{name!r} is given twice (query string and body, or repeated); give it once")
+        merged[name] = value
+    return merged
+
+
+def check_sketch_shape(sketch: np.ndarray) -> None:
+    """Refuse sketches too small or too elongated to be drawings, naming the limit."""
+    height, width = sketch.shape[:2]
+    if min(height, width) < MIN_SKETCH_SIDE:
+        raise RequestError(
+            400, f"the sketch is {width} x {height} pixels; each side must be at least {MIN_SKETCH_SIDE}"
+        )
+    if max(height, width) / min(height, width) > MAX_SKETCH_ASPECT:
+        raise RequestError(
+            400, f"the sketch is {width} x {height} pixels; its sides may differ at most {MAX_SKETCH_ASPECT:g} times"
+        )
+
+
 def search_query(fields: dict[str, Any], sketch: np.ndarray, source: str, limits: ServeConfig, modes) -> SearchQuery:
     known = {"k", "mode", "rerank_k", "image", "strokes", "sketch"}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise RequestError(400, f"unknown field(s) {', '.join(unknown)}; a search takes {', '.join(sorted(known))}")
+    check_sketch_shape(sketch)
     return SearchQuery(
         sketch=sketch,
         k=parse_int(fields.get("k", limits.top_k), "k", 1, limits.max_k),

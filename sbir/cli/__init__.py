@@ -152,9 +152,49 @@ def demo(
     typer.echo(f"total time: {time.perf_counter() - started:.0f} s")
 
 
+RAY_SHUTDOWN_TIMEOUT_S = 15.0
+
+
 def main() -> None:
     """Entry point of the `sbir` script (and of `python -m sbir.cli`)."""
-    app(prog_name="sbir")
+    code: int | str | None = 0
+    try:
+        app(prog_name="sbir")
+    except SystemExit as done:
+        code = done.code
+        raise
+    finally:
+        _shut_down_ray(code)
+
+
+def _shut_down_ray(code: int | str | None) -> None:
+    """Shut down the Ray this process connected to now rather than in Ray's atexit hook: a Ctrl-C during it is
+    absorbed instead of printing "Exception ignored in atexit callback", and daemons that are already gone
+    (SIGTERM to the whole process group) cannot hang the exit: after RAY_SHUTDOWN_TIMEOUT_S it exits anyway.
+    Whatever is left of a local cluster this process started is stopped in every case."""
+    import signal
+    import sys
+    import threading
+
+    if "ray" not in sys.modules:
+        return
+    from pipelines.ray_runtime import reap_local_cluster
+
+    ray = sys.modules["ray"]
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    if ray.is_initialized():
+        worker = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+        worker.start()
+        worker.join(RAY_SHUTDOWN_TIMEOUT_S)
+        if worker.is_alive():
+            reap_local_cluster()
+            typer.secho(f"Ray did not shut down within {RAY_SHUTDOWN_TIMEOUT_S:.0f} s; exiting", fg="yellow", err=True)
+            sys.stderr.flush()
+            os._exit(code if isinstance(code, int) else 1)
+    if leftovers := reap_local_cluster():
+        logging.getLogger("sbir.cli").debug("stopped %d leftover process(es) of the local cluster", len(leftovers))
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def one_line(message: str) -> str:

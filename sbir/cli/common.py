@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -46,3 +50,24 @@ def metrics_table(results: dict[str, dict[str, float]], columns: tuple[str, ...]
     for name, metrics in results.items():
         lines.append(name.ljust(width) + "".join(f"{metrics[c]:22.4f}" for c in columns))
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT or SIGTERM while the block runs (a second SIGINT interrupts at once).
+
+    SIGINT is caught even when the shell that started us ignored it (`sbir serve &` in a script, where
+    Python would otherwise never see Ctrl-C or `kill -INT`). The previous handlers come back afterwards."""
+    stopped = threading.Event()
+
+    def handle(signum: int, frame) -> None:
+        if stopped.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stopped.set()
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sbir.cli.common import ConfigOption, DryRun, Overrides, config_from
+from sbir.cli.common import ConfigOption, DryRun, Overrides, config_from, stop_signals
 from sbir.errors import UsageError
 
 ROLES = ("test", "val", "train")  # the prepared roles a gallery can hold
@@ -123,24 +121,13 @@ def serve_command(
     if not is_tracked_reference(reference):
         resolve_reference(reference)  # a local folder that is not a checkpoint fails now, before Ray starts
 
-    ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
-    from serve.launch import start_endpoint, stop_endpoint
+    from serve.launch import serve_until_stopped
 
-    typer.echo("starting the endpoint …")
-    endpoint = start_endpoint(cfg, args)
-    typer.echo(f"serving {endpoint.model_id} ({endpoint.method}) at {endpoint.url}  (Ctrl-C to stop)")
-    typer.echo(f"API: {endpoint.url}/docs   metrics: {endpoint.url}/metrics")
-    stopped = threading.Event()
-    # Both stop it cleanly, SIGINT too when the shell that started it ignored SIGINT (`sbir serve &` in a script,
-    # where Python would otherwise never see Ctrl-C or `kill -INT`).
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
-    try:
-        while not stopped.wait(1.0):
-            pass
-    finally:
-        typer.echo("stopping the endpoint")
-        stop_endpoint()
+    ensure_ray(cfg.run.ray_address, timeout_s=cfg.run.ray_connect_timeout_s)
+    # After ray.init, which installs its own SIGTERM handler (sys.exit) in the driver: ours replace it, so one
+    # Ctrl-C or SIGTERM stops the endpoint cleanly at any moment of its start or while it serves.
+    with stop_signals() as stopped:
+        serve_until_stopped(cfg, args, stopped, echo=typer.echo)
 
 
 def query(

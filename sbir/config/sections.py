@@ -147,6 +147,12 @@ class EvalConfig(_Strict):
     num_workers: int = Field(1, ge=1, description="Ray Data encoder actors")
     cpus_per_worker: float = Field(0.5, gt=0, description="logical CPUs per encoder actor")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per encoder actor (fractions share a GPU)")
+    actor_restarts: int = Field(
+        0,
+        ge=-1,
+        description="restarts of a lost encoder actor (-1 = unlimited, Ray Data's default); with this Ray release a "
+        "restart can fail anyway (ray-project/ray#53727) and any value but 0 prints an error-level line every run",
+    )
 
 
 AUTO_FLAT_LIMIT = 4_000_000  # photos x dimension up to which `auto` stays exact (docs/index.md#choosing-an-index)

@@ -36,6 +36,33 @@ from sbir.models.encoding import Encoding
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 10.0
+
+
+class PairProgress:
+    """A log line at most every PROGRESS_EVERY_S while relation pairs are scored (pairs done, time left), so a
+    long evaluation is never silent; short work logs nothing."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = self.last = time.perf_counter()
+
+    def done(self, pairs: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY_S or pairs >= self.total:
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = elapsed / pairs * (self.total - pairs)
+        logger.info(
+            "relation pairs %s/%s (%.0f%%), %.0f s elapsed, ~%.0f s left",
+            f"{pairs:,}",
+            f"{self.total:,}",
+            100 * pairs / self.total,
+            elapsed,
+            left,
+        )
+
 
 class GalleryError(SbirError, ValueError):
     """A gallery is inconsistent, was asked for something it cannot do, or a saved one is corrupt."""
@@ -293,11 +320,13 @@ class RelationGallery(Gallery):
     ) -> torch.Tensor:
         """Relation scores of (query row, photo row) pairs, ``pair_batch`` pairs through the head at a time."""
         scores = torch.empty(len(query_rows), device=self.device)
+        progress = PairProgress(len(query_rows))
         for start in range(0, len(query_rows), pair_batch):
             stop = min(len(query_rows), start + pair_batch)
             scores[start:stop] = self.model.pair_scores(
                 queries.select(query_rows[start:stop]), self.photos.select(photo_rows[start:stop]), precision
             )
+            progress.done(stop)
         return scores
 
     def _exhaustive_search(self, queries: Encoding, k: int, mode: str, pair_batch: int) -> SearchResult:

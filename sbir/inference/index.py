@@ -49,7 +49,7 @@ import faiss
 import numpy as np
 
 from sbir.errors import SbirError
-from sbir.files import sha256_file, write_atomic
+from sbir.files import read_format_json, sha256_file, write_atomic
 
 __all__ = ["FORMAT_VERSION", "EmbeddingIndex", "IndexFileError", "IndexKind"]
 
@@ -560,17 +560,7 @@ class EmbeddingIndex:
     @staticmethod
     def _read_sidecar(sidecar_path: Path) -> dict[str, Any]:
         """Parse and validate the JSON sidecar; raise IndexFileError naming the problem."""
-        try:
-            meta = json.loads(sidecar_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IndexFileError(f"corrupt index sidecar {sidecar_path}: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
-            raise IndexFileError(f"{sidecar_path} is not an {_FORMAT_NAME} sidecar")
-        if meta.get("version") != FORMAT_VERSION:
-            raise IndexFileError(
-                f"{sidecar_path} has format version {meta.get('version')!r}; this code reads version "
-                f"{FORMAT_VERSION}. Rebuild the index with the current code"
-            )
+        meta = read_format_json(sidecar_path, _FORMAT_NAME, FORMAT_VERSION, IndexFileError, "index sidecar")
         problems: list[str] = []
         if meta.get("kind") not in _KINDS:
             problems.append(f"kind={meta.get('kind')!r} (expected one of {list(_KINDS)})")

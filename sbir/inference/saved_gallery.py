@@ -35,7 +35,7 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from sbir.config import IndexConfig
-from sbir.files import sha256_file, write_atomic
+from sbir.files import read_format_json, sha256_file, write_atomic
 from sbir.inference.gallery import GALLERY_KINDS, Gallery, GalleryError, GalleryItem
 from sbir.inference.index import EmbeddingIndex, IndexFileError
 from sbir.models.encoding import Encoding
@@ -160,14 +160,7 @@ def read_gallery_meta(directory: str | Path) -> GalleryManifest:
     meta_path = root / META_FILE
     if not meta_path.is_file():
         raise GalleryError(f"{root} is not a saved gallery: {META_FILE} is missing")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GalleryError(f"{meta_path}: unreadable ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise GalleryError(f"{meta_path} is not an {FORMAT_NAME} file")
-    if meta.get("version") != FORMAT_VERSION:
-        raise GalleryError(f"{meta_path}: format version {meta.get('version')!r}, this sbir reads {FORMAT_VERSION}")
+    meta = read_format_json(meta_path, FORMAT_NAME, FORMAT_VERSION, GalleryError, "gallery description")
     if meta.get("kind") not in GALLERY_KINDS:
         raise GalleryError(f"{meta_path}: unknown gallery kind {meta.get('kind')!r}")
     files = meta.get("files") or {}

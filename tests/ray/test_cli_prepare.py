@@ -9,6 +9,7 @@ import sys
 
 from typer.testing import CliRunner
 
+from pipelines.prepare import PENDING
 from sbir.cli import app
 
 runner = CliRunner()
@@ -48,7 +49,9 @@ def _sbir(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_normal_run_shows_the_projects_lines_and_keeps_rays_internals_out(synth_root, tmp_path):
     out = tmp_path / "prepared"
-    (out / "data-0123456789ab-deadbeef").mkdir(parents=True)  # shards left by an interrupted preparation
+    (out / "data-0123456789ab-deadbeef").mkdir(parents=True)  # shards left by an interrupted preparation,
+    (out / PENDING).write_text(json.dumps(["data-0123456789ab-deadbeef"]))  # which recorded them before writing
+    (out / "data-mine").mkdir()  # and a folder of the user's
     where = ["--layout", "synthetic", "--root", str(synth_root), "--split", "zeroshot1", "--out", str(out)]
     first = _sbir("data", "prepare", *where)
     assert first.returncode == 0, first.stderr
@@ -56,6 +59,7 @@ def test_a_normal_run_shows_the_projects_lines_and_keeps_rays_internals_out(synt
     for internal in ("core_worker", "streaming_executor", "Started a local Ray instance", "worker processes"):
         assert internal not in first.stderr, (internal, first.stderr)
     assert not (out / "data-0123456789ab-deadbeef").exists(), "orphan shards are cleaned up"
+    assert (out / "data-mine").is_dir() and not (out / PENDING).exists(), "only what the project wrote goes"
     again = _sbir("-v", "data", "prepare", *where)
     assert again.returncode == 0 and "already prepared from the same inputs; nothing to do" in again.stderr
     assert "ray" not in again.stderr.lower(), "an up-to-date output starts no Ray cluster"

@@ -213,6 +213,13 @@ def _malformed(url: str, sketch: bytes) -> list[tuple[str, httpx.Request]]:
         ("k a float", multipart(sketch, k="2.5")),
         ("unknown mode", multipart(sketch, mode="magic")),
         ("exhaustive rn is not served", multipart(sketch, mode="rn")),
+        ("a 1 x 1 sketch", multipart(_png(1, 1))),
+        ("a 2000 x 40 sketch", multipart(_png(2000, 40))),
+        ("an unknown query parameter", httpx.Request("POST", f"{search}?top=3", files={"sketch": ("s.png", sketch)})),
+        (
+            "k in the query string and the form",
+            httpx.Request("POST", f"{search}?k=3", files={"sketch": ("s.png", sketch)}, data={"k": "4"}),
+        ),
         ("rerank_k = 0", multipart(sketch, mode="rn_rerank", rerank_k=0)),
         ("unknown field", multipart(sketch, colour="red")),
         ("no sketch field", httpx.Request("POST", search, files={"other": ("s.png", sketch, "image/png")})),
@@ -282,6 +289,8 @@ def test_malformed_requests_get_a_4xx_with_a_message_and_the_service_stays_ready
             assert message, f"{what}: no message in {body}"
         assert client.get(f"{endpoint['url']}/readyz").status_code == 200
         assert _post_sketch(endpoint["url"], sketch, k=3).status_code == 200
+        by_query = client.post(f"{endpoint['url']}/v1/search?k=3", files={"sketch": ("s.png", sketch)})
+        assert by_query.status_code == 200 and len(by_query.json()["results"]) == 3  # options in the query string
 
 
 def test_sixteen_concurrent_clients_get_no_error(served, endpoint):
@@ -351,7 +360,8 @@ def test_sbir_query_prints_the_top_k_of_an_image_and_of_strokes(served, endpoint
     assert result.exit_code == 1 and "'k' must be between 1 and" in result.output
 
 
-def test_index_build_from_a_plain_folder_of_images(served, tmp_path):
+def test_index_build_from_a_plain_folder_of_images(served, tmp_path, capfd):
+    """A plain folder of images becomes a gallery; a healthy build prints no error-level line of Ray's."""
     from typer.testing import CliRunner
 
     from sbir.cli import app
@@ -364,9 +374,12 @@ def test_index_build_from_a_plain_folder_of_images(served, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "gallery"
     args = ["index", "build", "--checkpoint", str(served.checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    capfd.readouterr()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "5 photos" in result.output and "images/s" in result.output
+    stderr = capfd.readouterr().err  # Ray's core worker writes to this process's own fd 2
+    assert "core_worker" not in stderr and "max_restarts" not in stderr, stderr[-2000:]
     meta = read_gallery_meta(out)
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     assert meta.count == 5 and meta.kind == "relation"

@@ -273,3 +273,17 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(DeviceError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_long_relation_scoring_logs_its_progress_and_short_scoring_stays_quiet(monkeypatch, caplog):
+    from sbir.inference import gallery
+
+    with caplog.at_level("INFO", logger="sbir.inference.gallery"):
+        quiet = gallery.PairProgress(100)
+        quiet.done(50)
+        assert caplog.text == ""  # under PROGRESS_EVERY_S: nothing
+        monkeypatch.setattr(gallery, "PROGRESS_EVERY_S", 0.0)
+        progress = gallery.PairProgress(3000)
+        progress.done(1500)
+        progress.done(3000)  # the end says nothing: the caller reports the result
+    assert caplog.text.count("relation pairs") == 1 and "1,500/3,000 (50%)" in caplog.text

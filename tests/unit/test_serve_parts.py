@@ -167,3 +167,35 @@ def test_a_plain_gallery_path_still_configures_the_gallery_and_threads_follow_th
     assert load_config(None, ["serve.ingress.threads=4"]).serve.ingress.compute_threads == 4
     with pytest.raises(SbirError, match="shards"):
         load_config(None, ["serve.gallery.shards=0"])
+
+
+def test_search_options_in_the_query_string_are_used_and_anything_else_there_is_refused():
+    from serve.requests import RequestError, search_query, with_query_options
+
+    limits = ServeConfig()
+    sketch = np.zeros((32, 32, 3), np.uint8)
+    fields = with_query_options({}, [("k", "3"), ("mode", "ret")])
+    query = search_query(fields, sketch, "image", limits, ("ret", "rn_rerank"))
+    assert (query.k, query.mode) == (3, "ret")
+    for params, body, words in (
+        ([("top", "3")], {}, "unknown query parameter 'top'"),
+        ([("k", "3")], {"k": "4"}, "'k' is given twice"),
+        ([("k", "3"), ("k", "4")], {}, "'k' is given twice"),
+    ):
+        with pytest.raises(RequestError, match=words) as caught:
+            with_query_options(body, params)
+        assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(("width", "height", "words"), [(1, 1, "at least 16"), (20000, 4, "at least 16"),
+                                                       (400, 40, "at most 8 times"), (16, 16, None)])  # fmt: skip
+def test_degenerate_sketches_are_refused_naming_the_limit(width, height, words):
+    from serve.requests import RequestError, search_query
+
+    sketch = np.zeros((height, width, 3), np.uint8)
+    if words is None:
+        assert search_query({}, sketch, "image", ServeConfig(), ("ret",)).sketch.shape == (16, 16, 3)
+        return
+    with pytest.raises(RequestError, match=words) as caught:
+        search_query({}, sketch, "image", ServeConfig(), ("ret",))
+    assert caught.value.status == 400
