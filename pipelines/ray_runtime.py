@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -99,27 +100,41 @@ def _mark_local_cluster() -> None:
                 os.environ[name] = str(sock.getsockname()[1])
 
 
-def reap_local_cluster() -> list[int]:
+def reap_local_cluster(rounds: int = 10) -> list[int]:
     """After ``ray.shutdown``: kill what is left of the local cluster this process started (the PIDs). Ray's
     HAProxy runs as a child of a worker and outlives it when the cluster's daemons were killed first (SIGTERM
-    to the whole process group), holding its ports; nothing carries the marker unless we started it."""
+    to the whole process group), holding its ports; nothing carries the marker unless we started it. A dying
+    worker can still start a process, so the scan repeats until one finds nothing."""
     marker = _started.get("marker")  # only a cluster this very process started; never an inherited marker
     if not marker:
         return []
     needle = f"{LOCAL_CLUSTER_ENV}={marker}".encode()
-    killed = []
-    for proc in os.scandir("/proc"):
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+    killed: list[int] = []
+    for _ in range(rounds):
+        found = [pid for pid in _pids_with(needle) if pid != os.getpid()]
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+        killed += found
+        if not found:
+            break
+        time.sleep(0.2)
+    return killed
+
+
+def _pids_with(needle: bytes) -> list[int]:
+    """PIDs of live processes whose environment holds ``needle`` (one ``NAME=value`` entry)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{proc.name}/environ", "rb") as env:
-                if needle not in env.read().split(b"\0"):
-                    continue
-            os.kill(int(proc.name), 9)
-            killed.append(int(proc.name))
+            with open(f"/proc/{entry.name}/environ", "rb") as env:
+                if needle in env.read().split(b"\0"):
+                    pids.append(int(entry.name))
         except OSError:
             continue
-    return killed
+    return pids
 
 
 RAY_AGENT_PORT = 52365  # every Ray node's dashboard agent listens here unless told otherwise

@@ -192,7 +192,7 @@ def _shut_down_ray(code: int | str | None) -> None:
             sys.stderr.flush()
             os._exit(code if isinstance(code, int) else 1)
     if leftovers := reap_local_cluster():
-        logging.getLogger("sbir.cli").debug("stopped %d leftover process(es) of the local cluster", len(leftovers))
+        logging.getLogger("sbir.cli").info("stopped %d leftover process(es) of the local Ray cluster", len(leftovers))
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 

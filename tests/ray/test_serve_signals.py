@@ -95,6 +95,9 @@ def test_one_sigterm_to_the_process_group_while_serving_stops_everything(model_a
     output = "".join(lines) + rest
     assert "stopping the endpoint" in output, output
     assert "Traceback" not in output and "Exception ignored" not in output
+    deadline = time.monotonic() + 10  # a killed process can take a moment to leave /proc
+    while _haproxy_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert _haproxy_of(proc.pid) == [], "Ray's HAProxy outlived the cluster (it holds the endpoint's ports)"
 
 
