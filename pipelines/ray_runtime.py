@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -13,6 +12,7 @@ from urllib.parse import urlparse
 import ray
 import ray.util.debug
 
+from pipelines.reaper import reap, watch_and_reap
 from sbir.errors import SbirError, project_error
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def _mark_local_cluster() -> None:
     stats and metrics ports of its own, so two local endpoints on one machine do not both want 8404 and 9101."""
     inherited = LOCAL_CLUSTER_ENV in os.environ  # started by an sbir process: its ports were chosen, not set
     _started["marker"] = os.environ[LOCAL_CLUSTER_ENV] = f"{os.getpid()}-{time.monotonic_ns()}"
+    watch_and_reap(os.getpid(), _started["marker"])  # also when this process dies without its own clean-up
     for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         if inherited or name not in os.environ:
             with socket.socket() as sock:
@@ -100,41 +101,12 @@ def _mark_local_cluster() -> None:
                 os.environ[name] = str(sock.getsockname()[1])
 
 
-def reap_local_cluster(rounds: int = 10) -> list[int]:
+def reap_local_cluster() -> list[int]:
     """After ``ray.shutdown``: kill what is left of the local cluster this process started (the PIDs). Ray's
     HAProxy runs as a child of a worker and outlives it when the cluster's daemons were killed first (SIGTERM
-    to the whole process group), holding its ports; nothing carries the marker unless we started it. A dying
-    worker can still start a process, so the scan repeats until one finds nothing."""
+    to the whole process group), holding its ports; nothing carries the marker unless we started it."""
     marker = _started.get("marker")  # only a cluster this very process started; never an inherited marker
-    if not marker:
-        return []
-    needle = f"{LOCAL_CLUSTER_ENV}={marker}".encode()
-    killed: list[int] = []
-    for _ in range(rounds):
-        found = [pid for pid in _pids_with(needle) if pid != os.getpid()]
-        for pid in found:
-            with contextlib.suppress(OSError):
-                os.kill(pid, 9)
-        killed += found
-        if not found:
-            break
-        time.sleep(0.2)
-    return killed
-
-
-def _pids_with(needle: bytes) -> list[int]:
-    """PIDs of live processes whose environment holds ``needle`` (one ``NAME=value`` entry)."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as env:
-                if needle in env.read().split(b"\0"):
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    return reap(marker) if marker else []
 
 
 RAY_AGENT_PORT = 52365  # every Ray node's dashboard agent listens here unless told otherwise
