@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import ray
 import ray.util.debug
 
-from pipelines.reaper import reap, watch_and_reap
+from pipelines.reaper import MARKER_ENV, watch_and_reap
 from sbir.errors import SbirError, project_error
 
 logger = logging.getLogger(__name__)
@@ -84,29 +84,20 @@ def ensure_ray(
     configure_ray_data(verbose)
 
 
-LOCAL_CLUSTER_ENV = "SBIR_LOCAL_CLUSTER"  # inherited by every process of a local cluster this process starts
-_started: dict[str, str] = {}  # the marker of the local cluster this process started, if it did
+LOCAL_CLUSTER_ENV = MARKER_ENV  # inherited by every process of a local cluster this process starts
 
 
 def _mark_local_cluster() -> None:
-    """Before a local cluster starts: a marker its processes inherit (see ``reap_local_cluster``), and HAProxy
-    stats and metrics ports of its own, so two local endpoints on one machine do not both want 8404 and 9101."""
+    """Before a local cluster starts: a marker its processes inherit (``pipelines/reaper.py`` reaps them after
+    we exit), and HAProxy stats and metrics ports of its own, so two local endpoints do not both want 8404."""
     inherited = LOCAL_CLUSTER_ENV in os.environ  # started by an sbir process: its ports were chosen, not set
-    _started["marker"] = os.environ[LOCAL_CLUSTER_ENV] = f"{os.getpid()}-{time.monotonic_ns()}"
-    watch_and_reap(os.getpid(), _started["marker"])  # also when this process dies without its own clean-up
+    marker = os.environ[LOCAL_CLUSTER_ENV] = f"{os.getpid()}-{time.monotonic_ns()}"
+    watch_and_reap(os.getpid(), marker)
     for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         if inherited or name not in os.environ:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 os.environ[name] = str(sock.getsockname()[1])
-
-
-def reap_local_cluster() -> list[int]:
-    """After ``ray.shutdown``: kill what is left of the local cluster this process started (the PIDs). Ray's
-    HAProxy runs as a child of a worker and outlives it when the cluster's daemons were killed first (SIGTERM
-    to the whole process group), holding its ports; nothing carries the marker unless we started it."""
-    marker = _started.get("marker")  # only a cluster this very process started; never an inherited marker
-    return reap(marker) if marker else []
 
 
 RAY_AGENT_PORT = 52365  # every Ray node's dashboard agent listens here unless told otherwise

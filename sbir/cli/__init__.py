@@ -171,28 +171,22 @@ def _shut_down_ray(code: int | str | None) -> None:
     """Shut down the Ray this process connected to now rather than in Ray's atexit hook: a Ctrl-C during it is
     absorbed instead of printing "Exception ignored in atexit callback", and daemons that are already gone
     (SIGTERM to the whole process group) cannot hang the exit: after RAY_SHUTDOWN_TIMEOUT_S it exits anyway.
-    Whatever is left of a local cluster this process started is stopped in every case."""
+    What a local cluster leaves behind is reaped by its watcher (``pipelines/reaper.py``) once we exit."""
     import signal
     import sys
     import threading
 
-    if "ray" not in sys.modules:
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
         return
-    from pipelines.ray_runtime import reap_local_cluster
-
-    ray = sys.modules["ray"]
     previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
-    if ray.is_initialized():
-        worker = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
-        worker.start()
-        worker.join(RAY_SHUTDOWN_TIMEOUT_S)
-        if worker.is_alive():
-            reap_local_cluster()
-            typer.secho(f"Ray did not shut down within {RAY_SHUTDOWN_TIMEOUT_S:.0f} s; exiting", fg="yellow", err=True)
-            sys.stderr.flush()
-            os._exit(code if isinstance(code, int) else 1)
-    if leftovers := reap_local_cluster():
-        logging.getLogger("sbir.cli").info("stopped %d leftover process(es) of the local Ray cluster", len(leftovers))
+    worker = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    worker.start()
+    worker.join(RAY_SHUTDOWN_TIMEOUT_S)
+    if worker.is_alive():
+        typer.secho(f"Ray did not shut down within {RAY_SHUTDOWN_TIMEOUT_S:.0f} s; exiting", fg="yellow", err=True)
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 

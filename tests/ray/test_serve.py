@@ -119,6 +119,15 @@ def test_strokes_are_rasterised_like_quickdraw_data(endpoint):
     assert [h["id"] for h in as_json.json()["results"]] == [h["id"] for h in as_image.json()["results"]]
 
 
+def _assert_same_answers(alone: list[dict], together: list[dict]) -> None:
+    """Batched answers rank the same ids with the same scores as the unbatched ones."""
+    for single, batched in zip(alone, together, strict=True):
+        assert [h["id"] for h in single["results"]] == [h["id"] for h in batched["results"]]
+        np.testing.assert_allclose(
+            [h["score"] for h in single["results"]], [h["score"] for h in batched["results"]], atol=1e-5
+        )
+
+
 def test_batching_batches_and_changes_no_result(served, endpoint):
     sketches = _test_files(served, "sketch")[:8]
     alone = [_post_sketch(endpoint["url"], p.read_bytes(), k=8, mode="ret").json() for p in sketches]
@@ -128,11 +137,7 @@ def test_batching_batches_and_changes_no_result(served, endpoint):
             pool.map(lambda p: _post_sketch(endpoint["url"], p.read_bytes(), k=8, mode="ret").json(), sketches * 2)
         )
     assert max(t["encoder_batch"] for t in together) > 1, "concurrent requests were never batched"
-    for single, batched in zip(alone * 2, together, strict=True):
-        assert [h["id"] for h in single["results"]] == [h["id"] for h in batched["results"]]
-        np.testing.assert_allclose(
-            [h["score"] for h in single["results"]], [h["score"] for h in batched["results"]], atol=1e-5
-        )
+    _assert_same_answers(alone * 2, together)
     metrics = httpx.get(f"{endpoint['url']}/metrics", timeout=30).text
     assert "sbir_encoder_batch_size_bucket" in metrics
 
@@ -150,11 +155,7 @@ def test_rerank_pairs_of_concurrent_requests_pass_the_relation_head_together_and
     with ThreadPoolExecutor(12) as pool:
         together = list(pool.map(search, sketches * 2))
     assert max(t["rerank_batch"] for t in together) > 1, "re-rank pairs of concurrent requests were never batched"
-    for single, batched in zip(alone * 2, together, strict=True):
-        assert [h["id"] for h in single["results"]] == [h["id"] for h in batched["results"]]
-        np.testing.assert_allclose(
-            [h["score"] for h in single["results"]], [h["score"] for h in batched["results"]], atol=1e-5
-        )
+    _assert_same_answers(alone * 2, together)
     metrics = httpx.get(f"{endpoint['url']}/metrics", timeout=30).text
     assert "sbir_rerank_batch_queries_bucket" in metrics
 
