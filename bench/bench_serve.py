@@ -32,6 +32,7 @@ from report import machine_line, write_section
 SECTION = "## Serving"
 PRESET = "synthetic_zse"
 BATCH = 16
+SETTLE_S = 0.3  # pause before each paired sample: longer than OpenMP's spin after a parallel region
 
 
 @dataclass
@@ -72,39 +73,117 @@ def images_of(prepared: str, modality: str, role: str | None = None, limit: int 
 
 
 # --------------------------------------------------------------------------- in-process floor and bound
-def in_process(checkpoint: Path, gallery_dir: str, sketches: list[bytes], threads: int, rerank_k: int) -> dict:
-    """Floor (p50 s of one sketch) and bound (requests/s in batches of 16) per mode, the endpoint's functions."""
-    from PIL import Image
+class InProcess:
+    """The endpoint's own functions in this process: decode, encode and search a batch of sketch PNGs."""
 
-    from sbir.config import ServeConfig
-    from sbir.inference.encoder import Encoder
-    from serve.requests import decode_image
+    def __init__(self, checkpoint: Path, gallery_dir: str, threads: int, rerank_k: int) -> None:
+        from sbir.config import ServeConfig
+        from sbir.inference.encoder import Encoder
 
-    torch.set_num_threads(threads)
-    encoder = Encoder.from_checkpoint(checkpoint, device="cpu")
-    gallery = encoder.open_gallery(gallery_dir)
-    limits = ServeConfig()
+        self.threads = threads
+        self.rerank_k = rerank_k
+        self.encoder = Encoder.from_checkpoint(checkpoint, device="cpu")
+        self.gallery = self.encoder.open_gallery(gallery_dir)
+        self.limits = ServeConfig()
 
-    def work(batch: list[bytes], mode: str) -> None:
-        images = [Image.fromarray(decode_image(data, limits)) for data in batch]
-        gallery.search(encoder.encode_images(images, "sketch"), 10, mode, rerank_k=rerank_k)
+    def work(self, batch: list[bytes], mode: str) -> None:
+        from PIL import Image
 
+        from serve.requests import decode_image
+
+        images = [Image.fromarray(decode_image(data, self.limits)) for data in batch]
+        self.gallery.search(self.encoder.encode_images(images, "sketch"), 10, mode, rerank_k=self.rerank_k)
+
+    def timed(self, batch: list[bytes], mode: str) -> float:
+        """Seconds of one `work` call with the endpoint's compute threads (the machine's default after)."""
+        torch.set_num_threads(self.threads)
+        try:
+            started = time.perf_counter()
+            self.work(batch, mode)
+            return time.perf_counter() - started
+        finally:
+            torch.set_num_threads(os.cpu_count() or 1)
+
+
+def in_process(local: InProcess, sketches: list[bytes]) -> dict:
+    """Bound per mode: requests/s of the endpoint's work done in batches of 16 in this process."""
     out = {}
-    for mode in encoder.family.served_modes:
-        work(sketches[:2], mode)
-        single = []
-        for i in range(30):
-            started = time.perf_counter()
-            work([sketches[i % len(sketches)]], mode)
-            single.append(time.perf_counter() - started)
-        batches = []
-        for i in range(6):
-            started = time.perf_counter()
-            work([sketches[(i * BATCH + j) % len(sketches)] for j in range(BATCH)], mode)
-            batches.append(time.perf_counter() - started)
-        out[mode] = {"floor_s": statistics.median(single), "bound_per_s": BATCH / statistics.median(batches)}
-    torch.set_num_threads(os.cpu_count() or 1)
+    for mode in local.encoder.family.served_modes:
+        local.timed(sketches[:2], mode)
+        batches = [
+            local.timed([sketches[(i * BATCH + j) % len(sketches)] for j in range(BATCH)], mode) for i in range(6)
+        ]
+        out[mode] = {"bound_per_s": BATCH / statistics.median(batches)}
     return out
+
+
+@dataclass
+class Paired:
+    """Medians (seconds) of alternating samples: the in-process floor, and the endpoint as the client, the
+    replica's ASGI app (``Server-Timing``) and the search handler (its ``timings``) saw each request."""
+
+    floor: float
+    client: float
+    app: float
+    handler: float
+    stages: dict[str, float]
+
+
+def _multipart(sketch: bytes, mode: str) -> tuple[bytes, str]:
+    """A search request's multipart body, built once, so the client's own cost stays out of the latency."""
+    boundary = "sbir-bench-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="sketch"; filename="s.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + sketch
+        + b"\r\n",
+        f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="mode"\r\n\r\n{mode}\r\n'.encode(),
+        f"--{boundary}--\r\n".encode(),
+    ]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def paired(url: str, local: InProcess, sketches: list[bytes], mode: str, samples: int) -> Paired:
+    """One sketch in this process, then the same sketch through the endpoint, alternately, so that both see the
+    same machine (its load drifts between runs by more than the gap under test). The client is the standard
+    library's keep-alive connection sending a prepared body: what remains is the endpoint's own latency. Each
+    sample starts after a pause of SETTLE_S, so the other side's idle compute threads (OpenMP spins a while
+    after its work) are asleep and take no core from the sample."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    bodies = [_multipart(sketch, mode) for sketch in sketches]
+    floor, client_s, app_s, handler_s, stages = [], [], [], [], {}
+    try:
+        for i in range(samples + 2):
+            time.sleep(SETTLE_S)
+            in_proc = local.timed([sketches[i % len(sketches)]], mode)
+            body, content_type = bodies[i % len(bodies)]
+            time.sleep(SETTLE_S)
+            started = time.perf_counter()
+            connection.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            payload = response.read()
+            over_http = time.perf_counter() - started
+            if response.status != 200:
+                raise RuntimeError(f"search answered {response.status}: {payload[:300]!r}")
+            if i < 2:  # the first pairs warm both up
+                continue
+            floor.append(in_proc)
+            client_s.append(over_http)
+            app_s.append(float(response.getheader("server-timing").split("dur=")[1]) / 1000)
+            timings = json.loads(payload)["timings"]
+            handler_s.append(timings["total"])
+            for stage, seconds in timings.items():
+                stages.setdefault(stage, []).append(seconds)
+    finally:
+        connection.close()
+    med = statistics.median
+    return Paired(med(floor), med(client_s), med(app_s), med(handler_s), {k: med(v) for k, v in stages.items()})
 
 
 # --------------------------------------------------------------------------- HTTP load
@@ -164,8 +243,10 @@ def run_clients(url: str, sketches: list[bytes], clients: int, per_client: int, 
     return load
 
 
-def endpoint_loads(args, gallery: Path, tracking: str, sketches: list[bytes], topology: str, overrides: list[str]):
-    """1 and 16 clients in each served mode against one deployed topology."""
+def endpoint_loads(
+    args, gallery: Path, tracking: str, sketches: list[bytes], topology: str, overrides: list[str], local: InProcess
+) -> tuple[list[Load], dict[str, Paired]]:
+    """1 and 16 clients in each served mode against one deployed topology, and the paired floor samples."""
     from sbir.config import load_config
     from serve.launch import start_endpoint, stop_endpoint
 
@@ -178,9 +259,12 @@ def endpoint_loads(args, gallery: Path, tracking: str, sketches: list[bytes], to
         "overrides": overrides,
     }
     endpoint = start_endpoint(load_config(PRESET, overrides), endpoint_args)
-    loads = []
+    loads, pairs = [], {}
     try:
         run_clients(endpoint.url, sketches, 4, 4, "rn_rerank")  # warm-up
+        for mode, samples in (("ret", 60), ("rn_rerank", 20)):
+            pairs[mode] = paired(endpoint.url, local, sketches, mode, samples)
+            print(f"{topology} {mode} paired: {pairs[mode]}", flush=True)
         for mode, single, many in (("ret", 60, 40), ("rn_rerank", 20, 4)):
             for clients, per_client in ((1, single), (BATCH, many)):
                 load = run_clients(endpoint.url, sketches, clients, per_client, mode)
@@ -194,7 +278,7 @@ def endpoint_loads(args, gallery: Path, tracking: str, sketches: list[bytes], to
                 )
     finally:
         stop_endpoint()
-    return loads
+    return loads, pairs
 
 
 # --------------------------------------------------------------------------- gallery builds
@@ -236,6 +320,7 @@ def main() -> None:
     ap.add_argument("--model", default="models:/sbir-zse-synthetic@champion")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="compute threads: floor and endpoint")
     ap.add_argument("--skip-build", action="store_true", help="leave out the gallery-build comparison")
+    ap.add_argument("--skip-shards", action="store_true", help="leave out the 2-shard topology")
     ap.add_argument("--build-photos-per-class", type=int, default=150, help="photos per class of the build dataset")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args()
@@ -260,16 +345,11 @@ def main() -> None:
         gallery = work / "test"
         build_gallery(resolved, str(gallery), config, prepared=args.prepared, roles=("test",))
         sketches = images_of(args.prepared, "sketch", "test", 64)
-        rerank_k = ServeConfig().rerank_k
-        floors = in_process(resolved.directory, str(gallery), sketches, args.threads, rerank_k)
-        print(
-            "in-process: "
-            + ", ".join(
-                f"{m} floor {v['floor_s'] * 1000:.1f} ms, bound {v['bound_per_s']:.0f}/s" for m, v in floors.items()
-            )
-        )
+        local = InProcess(resolved.directory, str(gallery), args.threads, ServeConfig().rerank_k)
+        bounds = in_process(local, sketches)
+        print("in-process: " + ", ".join(f"{m} bound {v['bound_per_s']:.0f}/s" for m, v in bounds.items()))
         fused = [f"serve.ingress.threads={args.threads}", "serve.ingress.num_cpus=1"]
-        loads = endpoint_loads(args, gallery, tracking, sketches, "fused", fused)
+        loads, pairs = endpoint_loads(args, gallery, tracking, sketches, "fused", fused, local)
         sharded = [
             f"serve.ingress.threads={args.threads}",
             "serve.ingress.num_cpus=0.5",
@@ -277,12 +357,13 @@ def main() -> None:
             "serve.gallery.shard.num_cpus=0.5",
             "serve.gallery.shard.threads=1",
         ]
-        loads += endpoint_loads(args, gallery, tracking, sketches, "2 shards", sharded)
+        if not args.skip_shards:
+            loads += endpoint_loads(args, gallery, tracking, sketches, "2 shards", sharded, local)[0]
         builds = {} if args.skip_build else gallery_builds(args, resolved, work)  # last: it leaves idle workers
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    body = report(args, floors, loads, builds)
+    body = report(args, bounds, pairs, loads, builds)
     print(body)
     if args.write:
         write_section(args.write, SECTION, body)
@@ -311,8 +392,12 @@ def gallery_builds(args, resolved, work: Path) -> dict[str, tuple[int, float]]:
     actors, the same total threads. Each Ray Data build runs twice on the same cluster: *cold* pays for
     starting the actors' worker processes (what one `sbir index build` pays), *warm* does not."""
     from pipelines.gallery import build_gallery
+    from pipelines.tracking import ResolvedCheckpoint
     from sbir.config import load_config
 
+    # The checkpoint folder itself, as `sbir index build --checkpoint <folder>` gets it: no MLflow run to log the
+    # gallery to, so both builds do the same work (read, decode, encode, index, save with the photos).
+    checkpoint = ResolvedCheckpoint(str(resolved.directory), resolved.directory)
     prepared = build_dataset(work, args.build_photos_per_class)
     threads = args.threads
     builds = {"plain loop, 1 process": plain_build(resolved.directory, prepared, work / "plain", 64, threads)}
@@ -323,14 +408,14 @@ def gallery_builds(args, resolved, work: Path) -> dict[str, tuple[int, float]]:
         cfg = load_config(PRESET, overrides)
         for start in ("cold", "warm"):
             out = work / f"ray-{actors}-{start}"
-            build = build_gallery(resolved, str(out), cfg, prepared=prepared, roles=("train", "val", "test"))
+            build = build_gallery(checkpoint, str(out), cfg, prepared=prepared, roles=("train", "val", "test"))
             builds[f"Ray Data, {actors} actor(s) x {per_actor} thread(s), {start}"] = (build.photos, build.seconds)
             print(f"Ray Data {actors} {start}: {build.photos} photos in {build.seconds:.1f} s", flush=True)
             shutil.rmtree(out, ignore_errors=True)
     return builds
 
 
-def report(args, floors: dict, loads: list[Load], builds: dict) -> str:
+def report(args, bounds: dict, pairs: dict, loads: list[Load], builds: dict) -> str:
     by = {(r.topology, r.mode, r.clients): r for r in loads}
     rows = "\n".join(
         f"| {r.topology} | `{r.mode}` | {r.clients} | {r.requests} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.per_s:.1f} | "
@@ -340,9 +425,11 @@ def report(args, floors: dict, loads: list[Load], builds: dict) -> str:
     goals = []
     for mode, limit in (("ret", 1.5), ("rn_rerank", 1.15)):
         one, many = by[("fused", mode, 1)], by[("fused", mode, BATCH)]
-        floor, bound = floors[mode]["floor_s"] * 1000, floors[mode]["bound_per_s"]
+        floor, single, bound = pairs[mode].floor * 1000, pairs[mode].client * 1000, bounds[mode]["bound_per_s"]
         goals.append(
-            f"| `{mode}` | {floor:.1f} | {one.p50_ms:.1f} | **{one.p50_ms / floor:.2f}x** (≤ {limit}x) | "
+            f"| `{mode}` | {floor:.1f} | {single:.1f} | {pairs[mode].app * 1000:.1f} | "
+            f"{pairs[mode].handler * 1000:.1f} | "
+            f"**{single / floor:.2f}x** (≤ {limit}x) | "
             f"{bound:.0f} | {many.per_s:.1f} | **{many.per_s / bound:.0%}** (≥ 50%) | "
             f"{many.per_s / one.per_s:.1f}x |"
         )
@@ -360,11 +447,17 @@ asyncio clients in the benchmark's own process (k = 10, `rerank_k` = 200). One r
 Compute threads {args.threads} for the in-process figures and the ingress (`serve.ingress.threads`).
 
 **Goals.** *Floor*: decode + encode + search of one sketch in one process with the endpoint's own functions.
-*Bound*: the same work in batches of {BATCH}, requests/s. The endpoint rows are the fused topology (one ingress
-replica holding the encoder and the gallery).
+*1 client*: the same sketch over HTTP to the endpoint (a keep-alive connection sending a prepared body). The two
+are sampled alternately (60 pairs for `ret`, 20 for `rn_rerank`; medians), each after a {SETTLE_S} s pause, so both
+see the same machine and neither shares it with the other's idle OpenMP threads, which spin for a while after
+their work: measured apart, the floor drifted between runs by more than the gap under test. *App* and *handler*:
+the same requests as the replica's ASGI app (`Server-Timing`) and the search handler (its `timings`) saw them.
+*Bound*: the same work in batches of {BATCH}, requests/s.
+The endpoint rows are the fused topology (one ingress replica holding the encoder and the gallery).
 
-| mode | floor (ms) | 1 client, p50 (ms) | ratio | bound (req/s) | {BATCH} clients (req/s) | of bound | vs 1 client |
-|---|---:|---:|---:|---:|---:|---:|---:|
+| mode | floor (ms) | 1 client, p50 (ms) | app (ms) | handler (ms) | ratio | bound (req/s) | {BATCH} clients (req/s) \
+| of bound | vs 1 client |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(goals)}
 
 **Topologies.** *fused*: the ingress replica decodes, encodes, searches and re-ranks (no hop after the

@@ -41,6 +41,7 @@ class GalleryBuild:
     kind: str
     index_kind: str
     seconds: float
+    encode_seconds: float  # the part spent reading, decoding and encoding the photos
     mlflow_run: str | None = None
 
     @property
@@ -105,7 +106,7 @@ def build_gallery(
         if storage.is_s3(out):
             shutil.rmtree(local, ignore_errors=True)
     build = GalleryBuild(
-        out, len(gallery), gallery.kind, gallery.index_config.kind, time.perf_counter() - started, mlflow_run
+        out, len(gallery), gallery.kind, gallery.index_config.kind, time.perf_counter() - started, encoded_s, mlflow_run
     )
     logger.info("gallery of %d photos built at %.0f images/s", build.photos, build.images_per_second)
     return build

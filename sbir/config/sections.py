@@ -204,6 +204,9 @@ class DeploymentConfig(_Strict):
     threads: int | None = Field(
         None, ge=1, description="torch and FAISS threads of a replica; null = num_cpus rounded up (at least 1)"
     )
+    max_constructor_retry_count: int | None = Field(
+        None, ge=1, description="starts Serve tries before failing the deployment; null = Ray Serve's default"
+    )
 
     @property
     def compute_threads(self) -> int:
@@ -216,6 +219,8 @@ class DeploymentConfig(_Strict):
             "max_ongoing_requests": self.max_ongoing_requests,
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
         }
+        if self.max_constructor_retry_count is not None:
+            options["max_constructor_retry_count"] = self.max_constructor_retry_count
         if self.autoscaling is None:
             options["num_replicas"] = self.num_replicas
         else:

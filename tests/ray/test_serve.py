@@ -485,7 +485,9 @@ def test_with_load_before_ready_a_started_app_answers_at_once_and_one_that_canno
     from serve.launch import stop_endpoint
 
     stop_endpoint()
-    args = _args(served, endpoint["port"], "serve.load_before_ready=true")
+    # One start per deployment: a checkpoint that is not there fails every retry alike.
+    once = "serve.ingress.max_constructor_retry_count=1"
+    args = _args(served, endpoint["port"], "serve.load_before_ready=true", once)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)  # returns once RUNNING
     ready = httpx.get(f"{endpoint['url']}/readyz", timeout=30)
     assert ready.status_code == 200, ready.text

@@ -116,6 +116,8 @@ def test_the_shipped_serve_config_is_what_the_generator_writes_and_ray_accepts()
 
 
 def test_deployment_options_come_from_the_config():
+    from ray.serve.schema import ServeDeploySchema
+
     from serve.config_file import serve_config
 
     config = load_config(
@@ -127,11 +129,15 @@ def test_deployment_options_come_from_the_config():
             "serve.gallery.shards=2",
             "serve.gallery.shard.num_replicas=3",
             "serve.gallery.shard_resources=[{node_a: 0.5}, {node_b: 0.5}]",
+            "serve.ingress.max_constructor_retry_count=1",
             "serve.port=9000",
         ],
     )
     document = serve_config(config, {"model": "m"}, working_dir="s3://bucket/sbir.zip")
+    ServeDeploySchema.model_validate(document)
     deployments = {d["name"]: d for d in document["applications"][0]["deployments"]}
+    assert deployments["Ingress"]["max_constructor_retry_count"] == 1
+    assert "max_constructor_retry_count" not in deployments["GalleryShard0"], "unset: Ray Serve's default"
     assert deployments["Ingress"]["ray_actor_options"]["num_gpus"] == 0.5
     assert deployments["Ingress"]["autoscaling_config"]["max_replicas"] == 4
     assert "num_replicas" not in deployments["Ingress"]
