@@ -7,12 +7,14 @@ from typing import Any
 
 from infra.kuberay import POD_SECURITY
 from infra.spec import ClusterSpec
+from sbir.config.cluster_env import SERVE_CLUSTER_ENV
 
 PLACEHOLDER = "REPLACE-ME"
 
 
 def env_configmap(spec: ClusterSpec) -> dict[str, Any]:
-    """What every Ray pod reads with envFrom: the tracking server and the bucket's region (no credentials)."""
+    """What every Ray pod reads with envFrom: the tracking server, the bucket's region (no credentials) and Ray
+    Serve's cluster settings (HAProxy in front, a short drain)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -21,6 +23,7 @@ def env_configmap(spec: ClusterSpec) -> dict[str, Any]:
             "MLFLOW_TRACKING_URI": spec.mlflow.uri,
             "AWS_REGION": spec.providers.aws_region,
             "AWS_DEFAULT_REGION": spec.providers.aws_region,
+            **SERVE_CLUSTER_ENV,
         },
     }
 

@@ -13,6 +13,7 @@ import ray
 import ray.util.debug
 
 from pipelines.reaper import MARKER_ENV, watch_and_reap
+from sbir.config.cluster_env import SERVE_CLUSTER_ENV
 from sbir.errors import SbirError, project_error
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ def local_cpus() -> int:
 
 
 VERBOSE_ENV = "SBIR_VERBOSE"  # set by `sbir -v`: Ray's own logs and worker output reach the terminal
-SERVE_HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"  # Serve behind HAProxy, no Python proxy (docs/serving.md)
 
 
 class ClusterError(SbirError):
@@ -57,9 +57,10 @@ def ensure_ray(
     level = logging.INFO if verbose else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback clusters; must match `ray start`
-    # Serve behind HAProxy: each ingress replica answers HTTP itself, HAProxy balances them; no Python proxy hop
-    # (docs/serving.md#topology). Read by the cluster's processes, so it is set before a local cluster starts.
-    os.environ.setdefault(SERVE_HAPROXY_ENV, "1")
+    # Serve behind HAProxy with a short drain (sbir/config/cluster_env.py). Read by the cluster's processes, so
+    # set before a local cluster starts; a value already in the environment wins.
+    for name, value in SERVE_CLUSTER_ENV.items():
+        os.environ.setdefault(name, value)
     if address:
         check_reachable(address, timeout_s)
         logger.info("connecting to Ray at %s", address)
