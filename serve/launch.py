@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
+GCS_CHECK_INTERVAL_S = 0.5
 
 
 class EndpointError(SbirError):
@@ -122,8 +124,10 @@ def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S, stopped: threading.
 
 
 def stop_endpoint(timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """Delete the application; bounded, so that a cluster whose daemons are already gone (a terminal closed
-    sends SIGTERM to them too) cannot hang the stop."""
+    """Delete the application; bounded, and given up as soon as the cluster's GCS stops answering (a terminal
+    closed sends SIGTERM to a local cluster's daemons too: there is nothing left to delete, and Ray's own calls
+    would wait a minute for the GCS)."""
+    import ray
     from ray import serve
 
     def delete() -> None:
@@ -132,8 +136,24 @@ def stop_endpoint(timeout_s: float = STOP_TIMEOUT_S) -> None:
         except Exception as exc:  # already gone
             logger.debug("serve.delete: %s", exc)
 
+    gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
     worker = threading.Thread(target=delete, name="serve-delete", daemon=True)
     worker.start()
-    worker.join(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while worker.is_alive() and time.monotonic() < deadline:
+        worker.join(GCS_CHECK_INTERVAL_S)
+        if worker.is_alive() and gcs is not None and not _answers(gcs):
+            logger.info("the Ray cluster is gone (its GCS at %s does not answer): the endpoint went with it", gcs)
+            return
     if worker.is_alive():
         logger.warning("Ray did not delete the endpoint within %.0f s (its processes may be gone); leaving", timeout_s)
+
+
+def _answers(address: str) -> bool:
+    """Whether something accepts a TCP connection at host:port within a second."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
