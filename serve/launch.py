@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -150,10 +149,11 @@ def stop_endpoint(timeout_s: float = STOP_TIMEOUT_S) -> None:
 
 
 def _answers(address: str) -> bool:
-    """Whether something accepts a TCP connection at host:port within a second."""
-    host, _, port = address.rpartition(":")
+    """Whether the GCS at host:port accepts a connection within a second (the project's reachability check)."""
+    from pipelines.ray_runtime import ClusterError, check_reachable
+
     try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return True
-    except (OSError, ValueError):
+        check_reachable(address, 1.0)
+    except ClusterError:
         return False
+    return True
